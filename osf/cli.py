@@ -1,0 +1,10 @@
+"""The ``osf`` command line."""
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="OSF: Optimized Supernet Formation.")
+
+
+def main() -> None:
+    app()
