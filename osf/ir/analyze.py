@@ -1,0 +1,672 @@
+"""Coupling analysis: from a traced graph to elastic dims, blocks and size attributes."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any, Iterable
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from osf.ir import rules as module_rules
+from osf.ir.ir import IR, AttrBinding, Block, Dim, Member
+from osf.ir.layout import AxisAlgebra
+from osf.ir.ops import OP_RULES, _reshape
+from osf.ir.trace import trace as trace_model
+
+_PREFIX = "model."  # the tracing wrapper holds the user's model as ``model``
+
+
+def _rel(path: str) -> str:
+    if path == "model":
+        return ""
+    return path[len(_PREFIX):] if path.startswith(_PREFIX) else path
+
+
+class Context:
+    """What op rules see: axis variables of values and parameters, and ways to couple them."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.alg = AxisAlgebra()
+        self.node_vars: dict[fx.Node, list[int]] = {}
+        self.param_vars: dict[str, list[int]] = {}
+        self.var_names: dict[int, tuple[str, str]] = {}
+        self.attrs: list[AttrBinding] = []
+        self.unhandled: Counter[str] = Counter()
+        self.canonical: dict[str, str] = {}
+        self.param_shapes: dict[str, tuple[int, ...]] = {}
+        self.buffer_names = {n for n, _ in gm.named_buffers(remove_duplicate=False)}
+        first: dict[int, str] = {}
+        for name, t in list(gm.named_parameters(remove_duplicate=False)) + list(
+                gm.named_buffers(remove_duplicate=False)):
+            self.canonical[name] = first.setdefault(id(t), name)
+            self.param_shapes[first[id(t)]] = tuple(t.shape)
+
+    # ------------------------------------------------------------------ values
+    def shape(self, x: Any) -> tuple[int, ...] | None:
+        if isinstance(x, fx.Node):
+            if "param" in x.meta:
+                return self.param_shapes.get(self.canonical.get(x.meta["param"], x.meta["param"]))
+            return x.meta.get("shape")
+        return None
+
+    def node_dtype(self, x: Any):
+        return x.meta.get("dtype") if isinstance(x, fx.Node) else None
+
+    def axes(self, x: Any) -> list[int] | None:
+        """One variable per axis of the tensor value ``x`` (an fx node), or None."""
+        if not isinstance(x, fx.Node):
+            return None
+        if "param" in x.meta:
+            return self.param_axes(x.meta["param"])
+        vars_ = self.node_vars.get(x)
+        if vars_ is None:
+            shape = x.meta.get("shape")
+            if shape is None:
+                return None
+            vars_ = [self.alg.new(s) for s in shape]
+            self.node_vars[x] = vars_
+        return vars_
+
+    def param_axes(self, name: str) -> list[int]:
+        """Variables of a parameter or buffer, by its (wrapper-relative) name."""
+        name = self.canonical.get(name, name)
+        vars_ = self.param_vars.get(name)
+        if vars_ is None:
+            shape = self.param_shapes.get(name)
+            if shape is None:
+                raise KeyError(f"no parameter or buffer named {name!r}")
+            vars_ = [self.alg.new(s) for s in shape]
+            self.param_vars[name] = vars_
+        return vars_
+
+    def outputs(self, node: fx.Node) -> list[list[int] | None]:
+        """Variables of each tensor a node produces (tuple outputs via their getitem users)."""
+        if "shape" in node.meta:
+            return [self.axes(node)]
+        shapes = node.meta.get("shapes")
+        if shapes is None:
+            return []
+        outs: list[list[int] | None] = [None] * len(shapes)
+        for u in node.users:
+            if u.op == "call_function" and u.meta.get("op") == "getitem" and isinstance(u.args[1], int):
+                outs[u.args[1]] = self.axes(u)
+        return outs
+
+    def tensor_args(self, node: fx.Node) -> list[fx.Node]:
+        found: list[fx.Node] = []
+
+        def visit(a):
+            if isinstance(a, fx.Node):
+                if self.shape(a) is not None:
+                    found.append(a)
+            elif isinstance(a, (tuple, list)):
+                for x in a:
+                    visit(x)
+            elif isinstance(a, dict):
+                for x in a.values():
+                    visit(x)
+
+        visit(node.args)
+        visit(node.kwargs)
+        return found
+
+    # --------------------------------------------------------------- coupling
+    def unify(self, a: int, b: int) -> None:
+        self.alg.unify(a, b)
+
+    def unify_broadcast(self, out: list[int], src: list[int], src_node: fx.Node, node: fx.Node) -> None:
+        so, ss = self.shape(node), self.shape(src_node)
+        if so is None or ss is None:
+            return
+        for k in range(1, min(len(out), len(src)) + 1):
+            if ss[-k] == so[-k] and ss[-k] != 1:
+                self.unify(out[-k], src[-k])
+
+    def fix_node(self, node: fx.Node, reason: str | None = None) -> None:
+        reason = reason or f"no rule for op {node.meta.get('op', node.target)!r}"
+        for a in self.tensor_args(node):
+            for v in self.axes(a) or []:
+                self.alg.fix(v, reason)
+        for out in self.outputs(node):
+            for v in out or []:
+                self.alg.fix(v, reason)
+
+    def new_dim(self, size: int, name: str, kind: str) -> int:
+        v = self.alg.new(size)
+        self.var_names[v] = (_rel(name), kind)
+        return v
+
+    def name_var(self, v: int, name: str, kind: str) -> None:
+        self.var_names.setdefault(v, (_rel(name), kind))
+
+    def bind_attr(self, module: str, attr: str, expr: Any) -> None:
+        self.attrs.append(AttrBinding(_rel(module), attr, expr))
+
+    def bind_source(self, src: Any, var: int) -> None:
+        """Tie ``var`` to where an int came from: a module attribute or another axis."""
+        if not isinstance(src, tuple):
+            return
+        if src[0] == "attr":
+            self.bind_attr(src[1], src[2], var)
+        elif src[0] == "size" and isinstance(src[1], fx.Node) and src[2] is not None:
+            other = self.axes(src[1])
+            if other is not None and -len(other) <= src[2] < len(other):
+                self.unify(var, other[src[2]])
+        elif src[0] == "mul":
+            st = self.alg.struct(var)
+            if st is not None and st.kind == "prod" and len(st.parts) == 2:
+                self.bind_source(src[1], st.parts[0])
+                self.bind_source(src[2], st.parts[1])
+            elif _attr_only(src):
+                self.attrs.append(AttrBinding(*_attr_target(src), var)) if False else None
+
+    def bind_size_args(self, node: fx.Node, out: list[int], start: int, fix_others: bool = False) -> list[int]:
+        args = node.args[start:]
+        sources = node.meta.get("int_sources", {})
+        if len(args) == 1 and isinstance(args[0], (tuple, list)):
+            sizes, paths = args[0], [(start, j) for j in range(len(args[0]))]
+        elif "size" in node.kwargs and isinstance(node.kwargs["size"], (tuple, list)):
+            sizes, paths = node.kwargs["size"], [("size", j) for j in range(len(node.kwargs["size"]))]
+        else:
+            sizes, paths = args, [(start + j,) for j in range(len(args))]
+        bound = []
+        if len(sizes) != len(out):
+            if fix_others:
+                for v in out:
+                    self.alg.fix(v, "constant size")
+            return bound
+        for j, (s, path) in enumerate(zip(sizes, paths)):
+            src = sources.get(path)
+            if src is None and isinstance(s, fx.Node):
+                src = _size_source(s)
+            if src is not None and src[0] in ("attr", "size", "mul"):
+                self.bind_source(src, out[j])
+                bound.append(j)
+            elif fix_others:
+                self.alg.fix(out[j], "constant size")
+        return bound
+
+    def slice_axis(self, src: int, dst: int, start: int, stop: int, step: int) -> None:
+        size = self.alg.size_of(src)
+        if (start, stop, step) == (0, size, 1):
+            self.unify(src, dst)
+            return
+        if step != 1 or stop <= start:
+            self.alg.fix(src, "strided slice")
+            self.alg.fix(dst, "strided slice")
+            return
+        rest = src
+        if start > 0:
+            _, rest = self.alg.split(src, start)
+            if rest is None:
+                self.alg.fix(src, "slice")
+                self.alg.fix(dst, "slice")
+                return
+        mid = rest
+        if stop < size:
+            mid, _ = self.alg.split(rest, stop - start)
+            if mid is None:
+                self.alg.fix(src, "slice")
+                self.alg.fix(dst, "slice")
+                return
+        self.unify(mid, dst)
+
+    # ---------------------------------------------------- shared op semantics
+    def linear(self, xa: list[int], out: list[int], wa: list[int], ba: list[int] | None) -> None:
+        if len(wa) == 2:
+            self.unify(xa[-1], wa[1])
+            self.unify(out[-1], wa[0])
+        if ba is not None:
+            self.unify(ba[0], out[-1])
+        for u, v in zip(xa[:-1], out[:-1]):
+            self.unify(u, v)
+
+    def conv(self, xa: list[int], out: list[int], wa: list[int], ba: list[int] | None, groups: int) -> None:
+        spatial = len(wa) - 2
+        batched = len(xa) == spatial + 2
+        c_in, c_out = (xa[1], out[1]) if batched else (xa[0], out[0])
+        if batched:
+            self.unify(xa[0], out[0])
+        for v in (xa[-spatial:] if spatial else []):
+            self.alg.fix(v, "conv spatial")
+        for v in (out[-spatial:] if spatial else []):
+            self.alg.fix(v, "conv spatial")
+        n_in, n_out = self.alg.size_of(c_in), self.alg.size_of(c_out)
+        if groups == 1:
+            self.unify(c_in, wa[1])
+            self.unify(c_out, wa[0])
+        elif groups == n_in == n_out:  # depthwise
+            self.unify(c_in, c_out)
+            self.unify(c_out, wa[0])
+        else:
+            g = self.alg.new(groups)
+            self.alg.fix(g, "conv groups")
+            self.alg.define(c_in, "prod", [g, wa[1]], "grouped conv")
+            per_out = self.alg.new(n_out // groups)
+            self.alg.define(c_out, "prod", [g, per_out], "grouped conv")
+            self.unify(c_out, wa[0])
+        if ba is not None:
+            self.unify(ba[0], c_out)
+
+    def embedding(self, ia: list[int] | None, wa: list[int], out: list[int]) -> None:
+        self.alg.fix(wa[0], "vocabulary")
+        self.unify(out[-1], wa[1])
+        if ia is not None:
+            for u, v in zip(ia, out[:-1]):
+                self.unify(u, v)
+
+    def grouped_channels(self, var: int, groups: int) -> None:
+        g = self.alg.new(groups)
+        self.alg.fix(g, "norm groups")
+        per = self.alg.new(self.alg.size_of(var) // groups)
+        self.alg.define(var, "prod", [g, per], "group norm")
+
+    def module_io(self, node: fx.Node, in_var: int, out_var: int) -> None:
+        """Couple a leaf module's main input's last axis and output's last axis."""
+        args = self.tensor_args(node)
+        out = self.axes(node)
+        if not args or out is None:
+            return
+        xa = self.axes(args[0])
+        self.unify(xa[-1], in_var)
+        self.unify(out[-1], out_var)
+        sx, so = self.shape(args[0]), self.shape(node)
+        for k in range(min(len(xa), len(out)) - 1):
+            if sx[k] == so[k]:
+                self.unify(xa[k], out[k])
+
+
+def _attr_only(src: Any) -> bool:
+    return False
+
+
+def _attr_target(src: Any):
+    return None
+
+
+def _size_source(n: fx.Node):
+    return None
+
+
+# --------------------------------------------------------------------------- leaves
+_UNARY_MODULES = (nn.ReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Dropout, nn.Identity, nn.Softmax,
+                  nn.LeakyReLU, nn.ELU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.ReLU6, nn.Softplus,
+                  nn.LogSoftmax, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.SELU, nn.CELU,
+                  nn.PReLU, nn.Hardtanh, nn.Softsign, nn.Tanhshrink)
+_SPATIAL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+                    nn.AdaptiveMaxPool2d, nn.Upsample, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d)
+
+
+def _apply_leaf(ctx: Context, node: fx.Node, module: nn.Module, path: str) -> None:
+    rule = module_rules.match(module)
+    if rule is not None:
+        rule.apply(ctx, node, module, path)
+        return
+    args = ctx.tensor_args(node)
+    out = ctx.axes(node)
+    p = lambda n: ctx.param_axes(f"{path}.{n}")  # noqa: E731
+    has = lambda n: getattr(module, n, None) is not None  # noqa: E731
+    if not args or out is None:
+        return _fix_leaf(ctx, node, module, path)
+    xa = ctx.axes(args[0])
+    if isinstance(module, nn.Linear):
+        ctx.linear(xa, out, p("weight"), p("bias") if has("bias") else None)
+    elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        ctx.conv(xa, out, p("weight"), p("bias") if has("bias") else None, module.groups)
+    elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+        n = len(module.normalized_shape)
+        for u, v in zip(xa, out):
+            ctx.unify(u, v)
+        for name in ("weight", "bias"):
+            if has(name):
+                for u, v in zip(xa[-n:], p(name)):
+                    ctx.unify(u, v)
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d)):
+        for u, v in zip(xa, out):
+            ctx.unify(u, v)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            if has(name):
+                ctx.unify(p(name)[0], xa[1])
+    elif isinstance(module, nn.GroupNorm):
+        for u, v in zip(xa, out):
+            ctx.unify(u, v)
+        ctx.grouped_channels(xa[1], module.num_groups)
+        for name in ("weight", "bias"):
+            if has(name):
+                ctx.unify(p(name)[0], xa[1])
+    elif isinstance(module, nn.Embedding):
+        ctx.embedding(xa, p("weight"), out)
+    elif isinstance(module, _UNARY_MODULES):
+        for u, v in zip(xa, out):
+            ctx.unify(u, v)
+        if isinstance(module, nn.PReLU) and module.weight.numel() > 1:
+            ctx.unify(p("weight")[0], xa[1])
+    elif isinstance(module, (nn.Flatten, nn.Unflatten)):
+        _reshape(ctx, xa, ctx.shape(args[0]), out, ctx.shape(node))
+    elif isinstance(module, _SPATIAL_MODULES):
+        for k, (u, v) in enumerate(zip(xa, out)):
+            if k < 2:
+                ctx.unify(u, v)
+            else:
+                ctx.alg.fix(u, "pooling")
+                ctx.alg.fix(v, "pooling")
+    else:
+        _fix_leaf(ctx, node, module, path)
+
+
+def _fix_leaf(ctx: Context, node: fx.Node, module: nn.Module, path: str) -> None:
+    reason = f"leaf module {type(module).__name__} has no op rule"
+    ctx.fix_node(node, reason)
+    for name, _ in module.named_parameters():
+        for v in ctx.param_axes(f"{path}.{name}"):
+            ctx.alg.fix(v, reason)
+    ctx.unhandled[type(module).__name__] += 1
+
+
+# --------------------------------------------------------------------------- analysis
+def analyze(model_or_graph: nn.Module | fx.GraphModule, example_inputs: Any = None) -> IR:
+    """Find the elastic dims, droppable blocks and size attributes of a model.
+
+    Args:
+        model_or_graph: a model (traced here) or the GraphModule returned by
+            :func:`osf.ir.trace`.
+        example_inputs: inputs for tracing a model (see :func:`osf.ir.trace`).
+    """
+    if isinstance(model_or_graph, fx.GraphModule) and "osf" in model_or_graph.meta:
+        gm = model_or_graph
+    else:
+        gm = trace_model(model_or_graph, example_inputs)
+    model = gm.meta["osf"]["model"]
+    ctx = Context(gm)
+
+    for node in gm.graph.nodes:
+        n_conflicts = len(ctx.alg.conflicts)
+        _analyze_node(ctx, gm, node)
+        if len(ctx.alg.conflicts) > n_conflicts:
+            where = f" at {node.name} ({node.meta.get('op')}) in {_rel(node.meta.get('module', ''))!r}"
+            ctx.alg.conflicts[n_conflicts:] = [c + where for c in ctx.alg.conflicts[n_conflicts:]]
+    # one attribute holds one size: every axis sized by it is the same dim
+    by_attr: dict[tuple[str, str], int] = {}
+    for b in ctx.attrs:
+        if isinstance(b.expr, int):
+            first = by_attr.setdefault((b.module, b.attr), b.expr)
+            ctx.unify(first, b.expr)
+    # derived constant buffers (non-persistent: masks, index tables, coordinates) keep their shape
+    for path, mod in gm.named_modules():
+        for bname in getattr(mod, "_non_persistent_buffers_set", ()):
+            full = f"{path}.{bname}" if path else bname
+            if ctx.canonical.get(full, full) in ctx.param_vars:
+                for v in ctx.param_axes(full):
+                    ctx.alg.fix(v, "non-persistent buffer")
+    # a parameter axis no rule coupled to anything is not understood: keep it
+    touched_roots = {ctx.alg.find(v) for v in ctx.alg.touched}
+    for vars_ in ctx.param_vars.values():
+        for v in vars_:
+            if ctx.alg.find(v) not in touched_roots:
+                ctx.alg.fix(v, "not coupled by any rule")
+    return _build_ir(ctx, gm, model)
+
+
+def _analyze_node(ctx: Context, gm: fx.GraphModule, node: fx.Node) -> None:
+    if node.op == "placeholder":
+        for v in ctx.axes(node) or []:
+            ctx.alg.fix(v, "model input")
+    elif node.op == "get_attr":
+        if node.meta.get("constant") or ctx.canonical.get(node.target, node.target) in ctx.buffer_names:
+            # tensors the model's own code reads as data (masks, index and coordinate tables)
+            for v in ctx.axes(node) or []:
+                ctx.alg.fix(v, "constant or buffer read as data")
+        else:
+            ctx.axes(node)
+    elif node.op == "call_module":
+        _apply_leaf(ctx, node, gm.get_submodule(node.target), node.target)
+    elif node.op in ("call_function", "call_method"):
+        op = node.meta.get("op")
+        if op is None:
+            return  # int arithmetic on sizes
+        rule = OP_RULES.get(op)
+        if rule is None:
+            ctx.unhandled[op] += 1
+            ctx.fix_node(node)
+        else:
+            rule(ctx, node)
+    elif node.op == "output":
+        for a in ctx.tensor_args(node):
+            for v in ctx.axes(a) or []:
+                ctx.alg.fix(v, "model output")
+
+
+def _build_ir(ctx: Context, gm: fx.GraphModule, model: nn.Module) -> IR:
+    alg = ctx.alg
+    fixed = alg.fixed_leaves()
+    # members of each free leaf
+    members: dict[int, list[Member]] = {}
+    order: dict[int, int] = {}
+    tensor_axes: dict[str, list[int]] = {}
+    for name, vars_ in ctx.param_vars.items():
+        rel = _rel(name)
+        tensor_axes[rel] = vars_
+        shape = ctx.param_shapes[name]
+        for axis, v in enumerate(vars_):
+            leaves = alg.leaves(v)
+            for leaf in dict.fromkeys(leaves):
+                if leaf in fixed:
+                    continue
+                members.setdefault(leaf, []).append(Member(rel, axis, shape, _describe(alg, v, leaf)))
+    param_order = {_rel(n): i for i, (n, _) in enumerate(gm.named_parameters(remove_duplicate=False))}
+    buf_base = len(param_order)
+    for i, (n, _) in enumerate(gm.named_buffers(remove_duplicate=False)):
+        param_order.setdefault(_rel(n), buf_base + i)
+    for leaf, ms in members.items():
+        order[leaf] = min(param_order.get(m.tensor, 1 << 30) for m in ms)
+
+    # preferred names given by rules
+    names_by_root: dict[int, tuple[str, str]] = {}
+    for v, nk in sorted(ctx.var_names.items()):
+        names_by_root.setdefault(alg.find(v), nk)
+    kinds = _structural_kinds(alg)
+
+    dims: dict[str, Dim] = {}
+    candidates = []
+    for leaf in sorted(members, key=lambda l: order[l]):
+        ms = members[leaf]
+        if alg.size_of(leaf) < 2 or not any(isinstance(_owner(model, m.tensor), nn.Module) for m in ms):
+            continue
+        if leaf in names_by_root:
+            name, kind = names_by_root[leaf]
+            module = name.split(":")[0]
+        else:
+            matrices = [m for m in ms if len(m.shape) >= 2]
+            conv = sum(_is_conv_weight(model, m) for m in matrices)
+            kind = kinds.get(leaf) or ("channels" if matrices and conv * 2 >= len(matrices) else "width")
+            module, is_stream = _home_module(model, [m.tensor for m in ms])
+            candidates.append((leaf, module, kind, is_stream))
+            continue
+        dims[name] = Dim(name, kind, alg.size_of(leaf), ms, leaf, module)
+    streams = [c for c in candidates if c[3]]
+    for leaf, module, kind, is_stream in candidates:
+        suffix = {"width": "hidden", "channels": "channels", "heads": "heads", "head_dim": "head_dim"}.get(kind, kind)
+        if is_stream and len(streams) == 1:
+            name = suffix
+        else:
+            name = f"{module}:{suffix}" if module else suffix
+        base, k = name, 2
+        while name in dims:
+            name = f"{base}#{k}"
+            k += 1
+        dims[name] = Dim(name, kind, alg.size_of(leaf), members[leaf], leaf, module)
+    dims = dict(sorted(dims.items(), key=lambda kv: order[kv[1].var]))
+
+    # attributes: keep those whose expression involves an elastic leaf
+    elastic = {d.var for d in dims.values()}
+    attrs = []
+    seen = set()
+    for b in ctx.attrs:
+        key = (b.module, b.attr)
+        if key in seen:
+            continue
+        if _expr_leaves(alg, b.expr) & elastic:
+            seen.add(key)
+            attrs.append(b)
+
+    reasons = {}
+    for r, why in alg.fixed_reason.items():
+        reasons[str(r)] = why
+    return IR(model=model, graph=gm, alg=alg, dims=dims, blocks=find_blocks(gm, model), attrs=attrs,
+              tensor_axes=tensor_axes, fixed_reasons=reasons, unhandled_ops=dict(ctx.unhandled),
+              tied={_rel(a): _rel(c) for a, c in ctx.canonical.items() if a != c})
+
+
+def _expr_leaves(alg: AxisAlgebra, expr: Any) -> set[int]:
+    if isinstance(expr, int):
+        return set(alg.leaves(expr))
+    if isinstance(expr, tuple) and expr and expr[0] != "const":
+        return _expr_leaves(alg, expr[1]) | _expr_leaves(alg, expr[2])
+    return set()
+
+
+def _owner(model: nn.Module, tensor: str):
+    owner = tensor.rpartition(".")[0]
+    try:
+        return model.get_submodule(owner) if owner else model
+    except AttributeError:
+        return None
+
+
+def _is_conv_weight(model: nn.Module, m: Member) -> bool:
+    return isinstance(_owner(model, m.tensor), nn.modules.conv._ConvNd)
+
+
+def _structural_kinds(alg: AxisAlgebra) -> dict[int, str]:
+    """Leaves that are the outer factor of a (heads x head_dim) split are heads, inner ones head_dim."""
+    kinds: dict[int, str] = {}
+    for r, s in alg.defn.items():
+        if s.kind == "prod" and len(s.parts) == 2 and alg.find(r) == r:
+            outer, inner = alg.find(s.parts[0]), alg.find(s.parts[1])
+            if alg.defn.get(outer) is None:
+                kinds.setdefault(outer, "heads")
+            if alg.defn.get(inner) is None:
+                kinds.setdefault(inner, "head_dim")
+    return kinds
+
+
+def _describe(alg: AxisAlgebra, v: int, leaf: int) -> str:
+    r = alg.find(v)
+    s = alg.defn.get(r)
+    if s is None:
+        return "="
+    return _struct_str(alg, r, leaf)
+
+
+def _struct_str(alg: AxisAlgebra, v: int, leaf: int) -> str:
+    r = alg.find(v)
+    s = alg.defn.get(r)
+    if s is None:
+        return "*" if r == leaf else str(alg.size[r])
+    sep = " | " if s.kind == "cat" else " x "
+    inner = sep.join(_struct_str(alg, p, leaf) for p in s.parts)
+    return f"[{inner}]" if s.kind == "cat" else f"({inner})"
+
+
+def _home_module(model: nn.Module, tensors: list[str]) -> tuple[str, bool]:
+    """Where a dim lives, and whether it spans several layers of a list (a residual stream).
+
+    A layer-local dim lives in the deepest module holding >= 80% of its members; a stream
+    in the owner of the layer list holding most of its members.
+    """
+    owners = [t.rpartition(".")[0] for t in tensors]
+    counts: Counter[str] = Counter()
+    for o in owners:
+        parts = o.split(".") if o else []
+        for k in range(1, len(parts) + 1):
+            counts[".".join(parts[:k])] += 1
+    lists = {p for p, m in model.named_modules() if isinstance(m, (nn.ModuleList, nn.Sequential))}
+    spans_list = any(_list_elems(p, owners) > 1 for p in lists)
+
+    def deepest(share: float) -> str:
+        ranked = sorted(counts.items(), key=lambda kv: (-len(kv[0].split(".")), kv[0]))
+        return next((p for p, c in ranked if c >= share * len(owners)), "")
+
+    if not spans_list:
+        return deepest(0.8), False
+    best = deepest(0.5)
+    while best in lists:
+        best = best.rpartition(".")[0]
+    return best, True
+
+
+def _list_elems(prefix: str, owners: list[str]) -> int:
+    elems = set()
+    for o in owners:
+        if not prefix:
+            elems.add(o.split(".")[0])
+        elif o.startswith(prefix + "."):
+            elems.add(o[len(prefix) + 1:].split(".")[0])
+    return len(elems)
+
+
+# ---------------------------------------------------------------------------- blocks
+_TRUNK_OPS = {"add", "__add__", "__radd__", "add_", "__iadd__", "to", "float", "half", "bfloat16", "type",
+              "type_as", "contiguous", "clone", "dropout", "relu", "relu_", "getitem"}
+
+
+def find_blocks(gm: fx.GraphModule, model: nn.Module) -> list[Block]:
+    """Residual layers: list elements whose output is their input plus branches."""
+    blocks: list[Block] = []
+    nodes = list(gm.graph.nodes)
+    for list_path, lst in model.named_modules():
+        if not isinstance(lst, (nn.ModuleList, nn.Sequential)) or len(lst) < 2:
+            continue
+        for idx, _ in enumerate(lst):
+            path = f"{_PREFIX}{list_path}.{idx}" if list_path else f"{_PREFIX}{idx}"
+            inside = [n for n in nodes if path in n.meta.get("stack", ()) or
+                      (n.op == "call_module" and (n.target == path or n.target.startswith(path + ".")))]
+            if not inside:
+                continue
+            if _is_residual(inside):
+                blocks.append(Block(_rel(path), list_path, idx))
+    # keep the finest level: a stage made of residual blocks is not itself a block
+    names = [b.name for b in blocks]
+    return [b for b in blocks if not any(n.startswith(b.name + ".") for n in names)]
+
+
+def _is_residual(inside: list[fx.Node]) -> bool:
+    members = set(inside)
+    inputs = []
+    for n in inside:
+        for a in n.all_input_nodes:
+            if a not in members and a.op != "get_attr" and "shape" in a.meta and a not in inputs:
+                inputs.append(a)
+    outputs = [n for n in inside if "shape" in n.meta and any(u not in members for u in n.users)]
+    if not inputs or not outputs:
+        return False
+    for x in inputs:
+        for y in outputs:
+            if x.meta["shape"] != y.meta["shape"]:
+                continue
+            # a path x -> y through trunk ops only
+            stack, seen = [x], set()
+            while stack:
+                n = stack.pop()
+                if n is y:
+                    return True
+                for u in n.users:
+                    if u in members and u not in seen and u.meta.get("op") in _TRUNK_OPS:
+                        seen.add(u)
+                        stack.append(u)
+    return False
+
+
+def coverage_report(ir: IR) -> dict[str, Any]:
+    """Totals for ``osf inspect``: parameters, elastic share, dims by kind."""
+    total = sum(p.numel() for p in ir.model.parameters())
+    return {
+        "parameters": total,
+        "elastic_share": ir.param_coverage(exclude_embeddings=False),
+        "elastic_share_non_embedding": ir.param_coverage(exclude_embeddings=True),
+        "dims_by_kind": dict(Counter(d.kind for d in ir.dims.values())),
+    }

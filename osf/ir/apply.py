@@ -1,0 +1,153 @@
+"""Acting on a model through its IR: permute dims, slice dims, drop blocks, sync attributes."""
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from osf.ir.ir import IR
+
+
+def get_tensor(model: nn.Module, name: str) -> torch.Tensor:
+    owner, _, leaf = name.rpartition(".")
+    mod = model.get_submodule(owner) if owner else model
+    return getattr(mod, leaf)
+
+
+def set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Replace a parameter or buffer by ``value`` (a new Parameter keeps ``requires_grad``)."""
+    owner, _, leaf = name.rpartition(".")
+    mod = model.get_submodule(owner) if owner else model
+    if leaf in mod._parameters:
+        old = mod._parameters[leaf]
+        mod._parameters[leaf] = nn.Parameter(value, requires_grad=old.requires_grad if old is not None else True)
+    elif leaf in mod._buffers:
+        mod._buffers[leaf] = value
+    else:
+        setattr(mod, leaf, value)
+
+
+@torch.no_grad()
+def permute_dims(ir: IR, perms: Mapping[str, torch.Tensor], model: nn.Module | None = None) -> None:
+    """Reorder the channels of dims in place: channel ``i`` of dim ``d`` becomes ``perms[d][i]``.
+
+    Applied consistently to every member, this leaves the model's function unchanged.
+    """
+    model = model if model is not None else ir.model
+    _check_dims(ir, perms)
+    for name, vars_ in ir.tensor_axes.items():
+        t = get_tensor(model, name)
+        for axis, _ in enumerate(vars_):
+            pos = ir.positions(name, axis, dict(perms))
+            if pos is not None:
+                t.copy_(t.index_select(axis, pos.to(t.device)))
+
+
+def slice_tensors(ir: IR, sizes: Mapping[str, int], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of ``model`` that change when each dim keeps its first ``sizes[d]`` channels."""
+    _check_dims(ir, sizes)
+    selection = {d: torch.arange(int(k)) for d, k in sizes.items() if int(k) != ir.dims[d].size}
+    out: dict[str, torch.Tensor] = {}
+    if not selection:
+        return out
+    for name, vars_ in ir.tensor_axes.items():
+        t = get_tensor(model, name)
+        new = t
+        for axis in range(len(vars_)):
+            pos = ir.positions(name, axis, selection)
+            if pos is not None:
+                new = _select(new, axis, pos)
+        if new is not t:
+            out[name] = new
+    return out
+
+
+def _select(t: torch.Tensor, axis: int, pos: torch.Tensor) -> torch.Tensor:
+    """Prefix ranges become views (``narrow``); anything else is gathered."""
+    n = pos.numel()
+    if n and int(pos[0]) == 0 and int(pos[-1]) == n - 1 and (n == 1 or bool((pos[1:] - pos[:-1] == 1).all())):
+        return t.narrow(axis, 0, n)
+    return t.index_select(axis, pos.to(t.device))
+
+
+def apply_attributes(ir: IR, sizes: Mapping[str, int], model: nn.Module) -> None:
+    """Set recorded size attributes (``num_heads``, ``intermediate_size``...) for ``sizes``."""
+    full = {d.name: d.size for d in ir.dims.values()}
+    full.update({k: int(v) for k, v in sizes.items()})
+    for b in ir.attrs:
+        mod = model.get_submodule(b.module) if b.module else model
+        setattr(mod, b.attr, ir.eval_expr(b.expr, full))
+    sync_module_attributes(model)
+
+
+def sync_module_attributes(model: nn.Module) -> None:
+    """Make torch.nn primitives' size attributes match their (possibly sliced) weights."""
+    for mod in model.modules():
+        w = getattr(mod, "weight", None)
+        if isinstance(mod, nn.Linear):
+            mod.out_features, mod.in_features = mod.weight.shape
+        elif isinstance(mod, nn.modules.conv._ConvNd):
+            depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
+            mod.out_channels = w.shape[0]
+            if depthwise:
+                mod.groups = w.shape[0]
+            mod.in_channels = w.shape[1] * mod.groups
+        elif isinstance(mod, nn.LayerNorm) and w is not None:
+            mod.normalized_shape = tuple(w.shape)
+        elif isinstance(mod, nn.RMSNorm) and w is not None:
+            mod.normalized_shape = tuple(w.shape)
+        elif isinstance(mod, nn.modules.batchnorm._NormBase):
+            ref = w if w is not None else getattr(mod, "running_mean", None)
+            if ref is not None:
+                mod.num_features = ref.shape[0]
+        elif isinstance(mod, nn.GroupNorm) and w is not None:
+            mod.num_channels = w.shape[0]
+        elif isinstance(mod, nn.Embedding):
+            mod.num_embeddings, mod.embedding_dim = mod.weight.shape
+
+
+def sliced_copy(ir: IR, sizes: Mapping[str, int], drop: Iterable[str] = ()) -> nn.Module:
+    """An independent copy of the model with dims cut to ``sizes`` and blocks ``drop`` removed."""
+    memo: dict[int, object] = {}
+    new_tensors = slice_tensors(ir, sizes, ir.model)
+    for name, t in new_tensors.items():
+        old = get_tensor(ir.model, name)
+        if isinstance(old, nn.Parameter):
+            memo[id(old)] = nn.Parameter(t.detach().clone(), requires_grad=old.requires_grad)
+        else:
+            memo[id(old)] = t.detach().clone()
+    model = copy.deepcopy(ir.model, memo)
+    apply_attributes(ir, sizes, model)
+    for name in drop:
+        drop_block(ir, model, name)
+    return model
+
+
+class SkipBlock(nn.Module):
+    """Stands in for a dropped residual layer: returns its input unchanged."""
+
+    def __init__(self, tuple_len: int = 0):
+        super().__init__()
+        self.tuple_len = tuple_len  # 0: the layer returned a tensor; n: a tuple of n
+
+    def forward(self, *args, **kwargs):
+        x = args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values())))
+        return (x,) + (None,) * (self.tuple_len - 1) if self.tuple_len else x
+
+
+def drop_block(ir: IR, model: nn.Module, name: str) -> None:
+    """Replace block ``name`` of ``model`` by a :class:`SkipBlock`."""
+    block = next((b for b in ir.blocks if b.name == name), None)
+    if block is None:
+        raise ValueError(f"unknown block {name!r}; blocks: {[b.name for b in ir.blocks]}")
+    parent = model.get_submodule(block.stack) if block.stack else model
+    tuple_len = ir.graph.meta["osf"].get("module_outputs", {}).get("model." + name, 0)
+    parent[block.index] = SkipBlock(tuple_len)
+
+
+def _check_dims(ir: IR, values: Mapping[str, object]) -> None:
+    unknown = [d for d in values if d not in ir.dims]
+    if unknown:
+        raise ValueError(f"unknown dim(s) {unknown}; dims: {list(ir.dims)}")

@@ -1,0 +1,669 @@
+"""Concrete tracing: run the model on real inputs and record every torch op into an fx graph.
+
+The model's own Python runs unchanged on real tensors, so shape checks, dtype checks and
+Python loops over shapes simply execute. A ``TorchFunctionMode`` records each top-level
+torch call as an fx node; ``nn.Module.__call__`` is intercepted so that leaf modules (torch.nn
+primitives and modules matched by an op rule) become single ``call_module`` nodes.
+Sizes read from tensors (``x.shape[0]``) and integer module attributes (``self.num_heads``)
+are tracked as :class:`TracedInt`, so reshapes stay symbolic in batch and sequence length
+and the analysis knows which attribute a reshape used.
+
+Python decisions taken on tensor *values* (``if x.mean() > 0``) cannot be recorded; they are
+noted as guards, and :func:`trace` checks the graph against the model on fresh random inputs
+and names the guard's module and source line when the two disagree.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import linecache
+import operator
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from osf.ir import rules as module_rules
+
+_TENSOR_METHODS = {name for name in dir(torch.Tensor)}
+# Calls that neither compute tensors nor sizes that vary with the input: not recorded.
+_PASS_THROUGH = {"dim", "__len__", "is_floating_point", "is_complex", "element_size", "data_ptr",
+                 "is_contiguous", "get_device", "requires_grad_", "__repr__", "__format__", "stride",
+                 "storage_offset", "untyped_storage", "has_names", "__hash__"}
+
+
+class TraceError(RuntimeError):
+    """Tracing could not capture the model faithfully; the message says where and what to do."""
+
+
+# --------------------------------------------------------------------------------------
+# Tracked integers
+# --------------------------------------------------------------------------------------
+class TracedInt(int):
+    """An int that remembers where it came from.
+
+    ``node`` is the fx node computing it at run time (sizes of tensors), or None for a
+    constant. ``source`` is a small expression tree used by the analysis:
+    ``("attr", module_path, name)``, ``("size", node, axis)``, ``(op_name, a, b)``.
+    """
+
+    node: fx.Node | None
+    source: Any
+
+    def __new__(cls, value: int, node: fx.Node | None, source: Any, tracer: "Tracer | None"):
+        obj = super().__new__(cls, int(value))
+        obj.node = node
+        obj.source = source
+        obj._tracer = tracer
+        return obj
+
+    def _binary(self, other: Any, op: Callable, name: str, reverse: bool = False):
+        result = op(int(other), int(self)) if reverse else op(int(self), int(other))
+        if not isinstance(other, int) or isinstance(other, bool) or not isinstance(result, int):
+            return result
+        a, b = (other, self) if reverse else (self, other)
+        tracer = self._tracer
+        node = None
+        if tracer is not None and tracer.recording and (_node_of(a) is not None or _node_of(b) is not None):
+            node = tracer.graph.call_function(op, (_arg_of(a), _arg_of(b)))
+        return TracedInt(result, node, (name, _source_of(a), _source_of(b)), tracer)
+
+    def __add__(self, o):
+        return self._binary(o, operator.add, "add")
+
+    def __radd__(self, o):
+        return self._binary(o, operator.add, "add", True)
+
+    def __sub__(self, o):
+        return self._binary(o, operator.sub, "sub")
+
+    def __rsub__(self, o):
+        return self._binary(o, operator.sub, "sub", True)
+
+    def __mul__(self, o):
+        return self._binary(o, operator.mul, "mul")
+
+    def __rmul__(self, o):
+        return self._binary(o, operator.mul, "mul", True)
+
+    def __floordiv__(self, o):
+        return self._binary(o, operator.floordiv, "floordiv")
+
+    def __rfloordiv__(self, o):
+        return self._binary(o, operator.floordiv, "floordiv", True)
+
+    def __mod__(self, o):
+        return self._binary(o, operator.mod, "mod")
+
+    def __neg__(self):
+        return self._binary(-1, operator.mul, "mul")
+
+    def __reduce__(self):  # pickles / deep-copies as a plain int
+        return (int, (int(self),))
+
+    def __deepcopy__(self, memo):
+        return int(self)
+
+    def __copy__(self):
+        return int(self)
+
+
+def _node_of(x: Any) -> fx.Node | None:
+    return x.node if isinstance(x, TracedInt) else None
+
+
+def _arg_of(x: Any) -> Any:
+    if isinstance(x, TracedInt):
+        return x.node if x.node is not None else int(x)
+    return x
+
+
+def _source_of(x: Any) -> Any:
+    return x.source if isinstance(x, TracedInt) else ("const", int(x))
+
+
+class TracedSize(tuple):
+    """A tuple of :class:`TracedInt` standing in for ``torch.Size``."""
+
+    def numel(self) -> int:
+        n = 1
+        for s in self:
+            n = n * s
+        return n
+
+    def __getitem__(self, item):
+        out = tuple.__getitem__(self, item)
+        return TracedSize(out) if isinstance(item, slice) else out
+
+    def __add__(self, other):
+        return TracedSize(tuple(self) + tuple(other))
+
+    def __radd__(self, other):
+        return TracedSize(tuple(other) + tuple(self))
+
+
+# --------------------------------------------------------------------------------------
+# Leaves
+# --------------------------------------------------------------------------------------
+_extra_leaves: list[type | Callable[[nn.Module], bool]] = []
+
+
+def register_leaf(cls_or_predicate: type | Callable[[nn.Module], bool]) -> None:
+    """Treat modules of this class (or matching this predicate) as opaque single ops.
+
+    A leaf's parameters are then fixed unless an op rule (``osf.ir.rules``) describes it.
+    """
+    _extra_leaves.append(cls_or_predicate)
+
+
+def is_leaf(module: nn.Module) -> bool:
+    """torch.nn primitives, modules matched by an op rule, and registered leaves."""
+    if module_rules.match(module) is not None:
+        return True
+    for leaf in _extra_leaves:
+        if (isinstance(leaf, type) and isinstance(module, leaf)) or (not isinstance(leaf, type) and leaf(module)):
+            return True
+    cls = type(module)
+    if cls.__module__.startswith("torch.nn.") and not isinstance(
+        module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+    ):
+        return next(module.children(), None) is None
+    return False
+
+
+# --------------------------------------------------------------------------------------
+# The tracer
+# --------------------------------------------------------------------------------------
+@dataclass
+class Guard:
+    """A Python decision taken on a tensor's value while tracing."""
+
+    module: str
+    location: str
+    what: str
+
+
+@dataclass
+class _State:
+    module_stack: list[str] = field(default_factory=lambda: [""])
+    paused: int = 0
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, tracer: "Tracer"):
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tracer = self.tracer
+        if tracer.state.paused:
+            return func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if name in ("__bool__", "item", "tolist", "__int__", "__float__", "__index__", "numpy", "__array__",
+                    "__contains__"):
+            tracer.note_guard(args[0] if args else None, name)
+            return func(*args, **kwargs)
+        if name in _PASS_THROUGH:
+            return func(*args, **kwargs)
+        if name == "__get__":
+            attr = getattr(getattr(func, "__self__", None), "__name__", "")
+            if attr in ("ndim", "dtype", "device", "is_cuda", "requires_grad", "layout", "is_sparse", "grad_fn",
+                        "is_leaf", "is_meta", "is_quantized", "names", "is_nested", "is_mps", "is_xpu"):
+                return func(*args, **kwargs)
+            if attr in ("data", "grad"):
+                return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        return tracer.record(func, args, kwargs, out)
+
+
+def tensor_attr(x: torch.Tensor, name: str) -> Any:
+    """``getattr`` for tensor properties (``x.T``, ``x.mT``) in replayed graphs."""
+    return getattr(x, name)
+
+
+class Tracer:
+    """Records one concrete run of a module into an fx Graph. Use :func:`trace`."""
+
+    def __init__(self, root: nn.Module):
+        self.root = root
+        self.graph = fx.Graph()
+        self.state = _State()
+        self.recording = False
+        self.env: dict[int, fx.Node] = {}  # id(tensor) -> node producing it
+        self.keep: list[Any] = []  # keeps recorded tensors alive so ids stay unique
+        self.param_names: dict[int, str] = {}
+        for name, p in root.named_parameters(remove_duplicate=True):
+            self.param_names.setdefault(id(p), name)
+        for name, b in root.named_buffers(remove_duplicate=True):
+            self.param_names.setdefault(id(b), name)
+        self.module_names: dict[int, str] = {}
+        for name, m in root.named_modules(remove_duplicate=False):
+            self.module_names.setdefault(id(m), name)
+        self.constants: dict[str, torch.Tensor] = {}
+        self.guards: list[Guard] = []
+        self.leaf_calls: dict[str, nn.Module] = {}
+        self.module_outputs: dict[str, str] = {}
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def current_module(self) -> str:
+        return self.state.module_stack[-1]
+
+    def _meta(self, node: fx.Node, value: Any) -> None:
+        node.meta["module"] = self.current_module
+        node.meta["stack"] = list(self.state.module_stack)
+        if isinstance(value, torch.Tensor):
+            node.meta["shape"] = tuple(value.shape)
+            node.meta["dtype"] = value.dtype
+        elif isinstance(value, (tuple, list)):
+            node.meta["shapes"] = [tuple(v.shape) if isinstance(v, torch.Tensor) else None for v in value]
+
+    def node_for_tensor(self, t: torch.Tensor) -> fx.Node:
+        node = self.env.get(id(t))
+        if node is not None:
+            return node
+        name = self.param_names.get(id(t))
+        if name is not None:
+            node = self.graph.get_attr(name)
+            node.meta["param"] = name
+        else:
+            # A tensor born outside torch's API (numpy, a cached attribute): a constant.
+            name = f"_osf_const_{len(self.constants)}"
+            self.constants[name] = t.detach()
+            node = self.graph.get_attr(name)
+            node.meta["constant"] = True
+        self._meta(node, t)
+        self.env[id(t)] = node
+        self.keep.append(t)
+        return node
+
+    def to_arg(self, obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return self.node_for_tensor(obj)
+        if isinstance(obj, TracedInt):
+            return _arg_of(obj)
+        if isinstance(obj, tuple):
+            vals = tuple(self.to_arg(o) for o in obj)
+            return type(obj)(*vals) if hasattr(obj, "_fields") else vals
+        if isinstance(obj, list):
+            return [self.to_arg(o) for o in obj]
+        if isinstance(obj, dict):
+            return {k: self.to_arg(v) for k, v in obj.items()}
+        if isinstance(obj, slice):
+            return slice(self.to_arg(obj.start), self.to_arg(obj.stop), self.to_arg(obj.step))
+        if isinstance(obj, torch.Size):
+            return tuple(int(s) for s in obj)
+        return obj
+
+    def concrete(self, obj: Any) -> Any:
+        """``obj`` with tracked ints as plain ints and tensors as their nodes."""
+        if isinstance(obj, torch.Tensor):
+            return self.node_for_tensor(obj)
+        if isinstance(obj, TracedInt):
+            return int(obj)
+        if isinstance(obj, (tuple, list)):
+            return type(obj)(self.concrete(o) for o in obj) if not hasattr(obj, "_fields") else tuple(
+                self.concrete(o) for o in obj)
+        if isinstance(obj, slice):
+            return slice(self.concrete(obj.start), self.concrete(obj.stop), self.concrete(obj.step))
+        return obj
+
+    def bind_output(self, node: fx.Node, out: Any) -> Any:
+        """Map the produced tensors (and sizes) to ``node``; returns what the caller sees."""
+        if isinstance(out, torch.Tensor):
+            self.env[id(out)] = node
+            self.keep.append(out)
+            return out
+        if isinstance(out, torch.Size):
+            src = node.args[0]
+            return TracedSize(
+                TracedInt(s, self.graph.call_function(operator.getitem, (node, i)), ("size", src, i), self)
+                for i, s in enumerate(out)
+            )
+        if isinstance(out, int) and not isinstance(out, bool) and node.meta.get("op") in ("size",):
+            return TracedInt(out, node, ("size", node.args[0], node.args[1] if len(node.args) > 1 else None), self)
+        if isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out):
+            items = []
+            for i, o in enumerate(out):
+                if isinstance(o, torch.Tensor):
+                    g = self.graph.call_function(operator.getitem, (node, i))
+                    self._meta(g, o)
+                    g.meta["op"] = "getitem"
+                    items.append(self.bind_output(g, o))
+                else:
+                    items.append(o)
+            return type(out)(items) if isinstance(out, list) else (
+                type(out)(*items) if hasattr(out, "_fields") else tuple(items))
+        return out
+
+    # --------------------------------------------------------------- recording
+    def record(self, func: Callable, args: tuple, kwargs: dict, out: Any) -> Any:
+        name = getattr(func, "__name__", repr(func))
+        if name == "__get__":
+            attr = func.__self__.__name__
+            if attr == "shape":
+                node = self.graph.call_method("size", (self.to_arg(args[0]),))
+                name = "size"
+            else:
+                node = self.graph.call_function(tensor_attr, (self.to_arg(args[0]), attr))
+                name = "getattr:" + attr
+        elif name in _TENSOR_METHODS and getattr(torch.Tensor, name, None) is not None and _is_tensor_method(func):
+            node = self.graph.call_method(name, self.to_arg(tuple(args)), self.to_arg(dict(kwargs)))
+        else:
+            node = self.graph.call_function(func, self.to_arg(tuple(args)), self.to_arg(dict(kwargs)))
+        node.meta["op"] = name
+        self._meta(node, out)
+        node.meta["arg_shapes"] = _shapes(args)
+        node.meta["int_sources"] = _int_sources(args, kwargs)
+        node.meta["cargs"] = self.concrete(tuple(args))
+        node.meta["ckwargs"] = {k: self.concrete(v) for k, v in kwargs.items()}
+        if isinstance(out, torch.Size):
+            node.meta["size_of"] = tuple(out)
+        return self.bind_output(node, out)
+
+    def record_module(self, module: nn.Module, path: str, args: tuple, kwargs: dict, out: Any) -> Any:
+        node = self.graph.call_module(path, self.to_arg(tuple(args)), self.to_arg(dict(kwargs)))
+        node.meta["op"] = "module"
+        node.meta["module_type"] = type(module)
+        self._meta(node, out)
+        node.meta["module"] = path
+        node.meta["arg_shapes"] = _shapes(args)
+        node.meta["kwarg_shapes"] = {k: _shapes((v,))[0] for k, v in kwargs.items()}
+        node.meta["cargs"] = self.concrete(tuple(args))
+        node.meta["ckwargs"] = {k: self.concrete(v) for k, v in kwargs.items()}
+        self.leaf_calls[path] = module
+        return self.bind_output(node, out)
+
+    def note_guard(self, tensor: Any, what: str) -> None:
+        if not isinstance(tensor, torch.Tensor):
+            return
+        node = self.env.get(id(tensor))
+        if node is None or not _depends_on_input(node):
+            return
+        self.guards.append(Guard(self.current_module, _user_location(), what))
+
+    # ------------------------------------------------------------- module calls
+    @contextlib.contextmanager
+    def patch_module_call(self):
+        original = nn.Module.__call__
+        tracer = self
+
+        def call(module: nn.Module, *args, **kwargs):
+            if not tracer.recording or tracer.state.paused:
+                return original(module, *args, **kwargs)
+            path = tracer.module_names.get(id(module))
+            if path is None:  # a module created on the fly: trace through it
+                return original(module, *args, **kwargs)
+            tracer.state.paused += 1
+            try:
+                leaf = bool(path) and is_leaf(module)
+                if leaf:
+                    out = original(module, *args, **kwargs)
+                    return tracer.record_module(module, path, args, kwargs, out)
+            finally:
+                tracer.state.paused -= 1
+            tracer.state.module_stack.append(path)
+            try:
+                out = original(module, *args, **kwargs)
+                tracer.module_outputs[path] = len(out) if isinstance(out, tuple) else 0
+                return out
+            finally:
+                tracer.state.module_stack.pop()
+
+        nn.Module.__call__ = call
+        try:
+            yield
+        finally:
+            nn.Module.__call__ = original
+
+    @contextlib.contextmanager
+    def track_int_attributes(self):
+        """Temporarily replace int attributes of every module by :class:`TracedInt`."""
+        saved: list[tuple[dict, str, int]] = []
+        for path, module in self.root.named_modules():
+            d = module.__dict__
+            for k, v in list(d.items()):
+                if type(v) is int and not k.startswith("_"):
+                    saved.append((d, k, v))
+                    d[k] = TracedInt(v, None, ("attr", path, k), self)
+        try:
+            yield
+        finally:
+            for d, k, v in saved:
+                d[k] = v
+
+
+def _is_tensor_method(func: Callable) -> bool:
+    return type(func).__name__ in ("method_descriptor", "wrapper_descriptor") or (
+        getattr(func, "__qualname__", "").startswith(("Tensor.", "TensorBase."))
+    )
+
+
+def _shapes(args: Iterable) -> list:
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            out.append(tuple(a.shape))
+        elif isinstance(a, (tuple, list)) and a and all(isinstance(x, torch.Tensor) for x in a):
+            out.append([tuple(x.shape) for x in a])
+        else:
+            out.append(None)
+    return out
+
+
+def _int_sources(args: tuple, kwargs: dict) -> dict:
+    """Provenance of TracedInt arguments: {(position path): source}."""
+    found: dict = {}
+
+    def visit(obj, path):
+        if isinstance(obj, TracedInt):
+            found[path] = obj.source
+        elif isinstance(obj, (tuple, list)):
+            for i, o in enumerate(obj):
+                visit(o, path + (i,))
+
+    for i, a in enumerate(args):
+        visit(a, (i,))
+    for k, v in kwargs.items():
+        visit(v, (k,))
+    return found
+
+
+def _depends_on_input(node: fx.Node) -> bool:
+    seen = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "placeholder":
+            return True
+        stack.extend(n.all_input_nodes)
+    return False
+
+
+def _user_location() -> str:
+    """The innermost stack frame outside torch and osf: 'file.py:LINE: code'."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    torch_dir = os.path.dirname(torch.__file__)
+    for frame in reversed(traceback.extract_stack()):
+        f = os.path.abspath(frame.filename)
+        if f.startswith(here) or f.startswith(torch_dir):
+            continue
+        return f"{frame.filename}:{frame.lineno}: {(frame.line or linecache.getline(f, frame.lineno)).strip()}"
+    return "<unknown>"
+
+
+# --------------------------------------------------------------------------------------
+# Inputs and outputs
+# --------------------------------------------------------------------------------------
+_SKIP_OUTPUT_FIELDS = {"hidden_states", "attentions", "past_key_values", "cache_params", "cross_attentions",
+                       "reshaped_hidden_states", "text_model_output", "vision_model_output", "loss"}
+
+
+def flatten_output(out: Any) -> dict[str, torch.Tensor]:
+    """The task outputs of a model call as a flat ``{name: tensor}`` dict.
+
+    For Hugging Face ``ModelOutput``s the top-level tensors are kept, except hidden states,
+    attentions and caches (they are diagnostics, not what the model is for).
+    """
+    if isinstance(out, torch.Tensor):
+        return {"output": out}
+    if isinstance(out, Mapping):  # ModelOutput is an OrderedDict
+        items = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in _SKIP_OUTPUT_FIELDS}
+        if not items:
+            items = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+        return items
+    if isinstance(out, (tuple, list)):
+        flat: dict[str, torch.Tensor] = {}
+        for i, o in enumerate(out):
+            if isinstance(o, torch.Tensor):
+                flat[f"output{i}"] = o
+            elif isinstance(o, (tuple, list, Mapping)):
+                for k, v in flatten_output(o).items():
+                    flat[f"output{i}.{k}"] = v
+        return flat
+    raise TraceError(f"model output of type {type(out).__name__} has no tensors to trace")
+
+
+def normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    """``example_inputs`` as (args, kwargs): a tensor, a tuple/list of args, or a dict of kwargs."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    raise TraceError(
+        f"example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword inputs, "
+        f"got {type(example_inputs).__name__}"
+    )
+
+
+class _Wrapper(nn.Module):
+    """Calls the model with fixed non-tensor kwargs and returns its task outputs as a dict."""
+
+    def __init__(self, model: nn.Module, static_kwargs: dict):
+        super().__init__()
+        self.model = model
+        self.static_kwargs = static_kwargs
+
+    def forward(self, *args, **kwargs):
+        return flatten_output(self.model(*args, **kwargs, **self.static_kwargs))
+
+
+# --------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------
+def trace(model: nn.Module, example_inputs: Any = None, *, check: bool = True) -> fx.GraphModule:
+    """Trace ``model`` into a ``torch.fx.GraphModule`` by running it on example inputs.
+
+    Args:
+        model: any ``nn.Module``; Hugging Face models get default inputs from their config.
+        example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs.
+        check: re-run model and graph on fresh random inputs of the same shapes and raise
+            :class:`TraceError` (naming the module and source line of any value-dependent
+            Python decision) if they disagree.
+
+    Returns:
+        A GraphModule whose submodule ``model`` is ``model`` itself (no copies); calling it
+        returns the model's task outputs as a dict of tensors. ``gm.meta["osf"]`` holds
+        the tracing record (leaf calls, guards, input names).
+    """
+    from osf.ir.inputs import default_inputs, random_like_inputs, static_kwargs_for
+
+    if example_inputs is None:
+        example_inputs = default_inputs(model)
+    args, kwargs = normalize_inputs(example_inputs)
+    tensor_kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+    static = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
+    static = {**static_kwargs_for(model), **static}
+    wrapper = _Wrapper(model, static)
+
+    tracer = Tracer(wrapper)
+    placeholders = []
+    for i, a in enumerate(args):
+        if not isinstance(a, torch.Tensor):
+            raise TraceError(f"positional example input {i} is a {type(a).__name__}; pass tensors, or non-tensor "
+                             "options as keyword inputs")
+        p = tracer.graph.placeholder(f"arg{i}")
+        tracer._meta(p, a)
+        tracer.env[id(a)] = p
+        placeholders.append(p)
+    for k, v in tensor_kwargs.items():
+        p = tracer.graph.placeholder(k)
+        tracer._meta(p, v)
+        tracer.env[id(v)] = p
+
+    was_training = model.training
+    try:
+        with torch.no_grad(), tracer.track_int_attributes(), tracer.patch_module_call(), _Recorder(tracer):
+            tracer.recording = True
+            try:
+                out = wrapper(*args, **tensor_kwargs)
+            except TraceError:
+                raise
+            except Exception as e:  # name where it broke
+                raise TraceError(
+                    f"tracing failed in module {tracer.current_module or '<root>'!r} at {_location_of(e)}: "
+                    f"{type(e).__name__}: {e}. Pass example_inputs that the model accepts, or register the "
+                    "module as a leaf (osf.ir.register_leaf) or give it an op rule (osf.ir.rules.register)."
+                ) from e
+            finally:
+                tracer.recording = False
+    finally:
+        model.train(was_training)
+    out_args = {k: tracer.to_arg(v) for k, v in out.items()}
+    tracer.graph.output(out_args)
+
+    root = wrapper
+    for name, t in tracer.constants.items():
+        root.register_buffer(name, t, persistent=False)
+    gm = fx.GraphModule(root, tracer.graph, class_name="OSFTracedModel")
+    gm.meta["osf"] = {
+        "model": model,
+        "guards": tracer.guards,
+        "leaf_calls": dict(tracer.leaf_calls),
+        "module_outputs": dict(tracer.module_outputs),
+        "inputs": [f"arg{i}" for i in range(len(args))] + list(tensor_kwargs),
+        "example_args": args,
+        "example_kwargs": tensor_kwargs,
+        "outputs": list(out.keys()),
+    }
+    if check:
+        _check_replay(gm, wrapper, args, tensor_kwargs, tracer.guards, random_like_inputs)
+    return gm
+
+
+def _location_of(e: BaseException) -> str:
+    tb = traceback.extract_tb(e.__traceback__)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for frame in reversed(tb):
+        if not os.path.abspath(frame.filename).startswith(here):
+            return f"{frame.filename}:{frame.lineno} ({(frame.line or '').strip()})"
+    return "<unknown>"
+
+
+def _check_replay(gm, wrapper, args, kwargs, guards, random_like_inputs) -> None:
+    new_args, new_kwargs = random_like_inputs(args, kwargs, seed=1234)
+    with torch.no_grad():
+        expected = wrapper(*new_args, **new_kwargs)
+        got = gm(*new_args, **new_kwargs)
+    for k, v in expected.items():
+        g = got[k]
+        if g.shape != v.shape or not torch.allclose(g.float(), v.float(), rtol=1e-4, atol=1e-5):
+            where = "; ".join(f"{g.module or '<root>'} at {g.location} ({g.what})" for g in guards[:3])
+            hint = f" Value-dependent Python decisions were taken in: {where}." if guards else ""
+            raise TraceError(
+                f"the traced graph does not reproduce output {k!r} of the model on new inputs.{hint} "
+                "Register the module that decides on tensor values as a leaf (osf.ir.register_leaf) "
+                "or give it an op rule (osf.ir.rules.register)."
+            )
