@@ -1,10 +1,51 @@
 """The ``osf`` command line."""
 from __future__ import annotations
 
+import json
+import sys
+
 import typer
+from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="OSF: Optimized Supernet Formation.")
+err_console = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """OSF: turn a trained model into a weight-sharing supernet, search it, extract subnets."""
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit with ``code``."""
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def inspect(
+    model: str = typer.Argument(..., help="built-in tiny model (tiny-mamba, tiny-vit, ...), local HF folder or hub id"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Show the elastic dims, droppable blocks and parameter coverage of MODEL."""
+    from osf.inspect import inspect_model, render
+    from osf.ir import TraceError
+    from osf.models import load_model
+
+    try:
+        m = load_model(model)
+        _, report = inspect_model(m)
+    except (ValueError, TraceError, FileNotFoundError) as e:
+        fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        render(report, Console())
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -381,6 +381,10 @@ def split(ctx, node):
     for path, src in sources.items():
         if len(path) == 2 and path[0] == 1 and path[1] < len(parts):
             ctx.bind_source(src, parts[path[1]])
+        elif path in ((1,), ("split_size_or_sections",), ("split_size",)) and op != "chunk":
+            for part in parts:  # one size for every part, e.g. split(x.size(-1))
+                if ctx.alg.size_of(part) == ctx.alg.size_of(parts[0]):
+                    ctx.bind_source(src, part)
 
 
 @rule("narrow")

@@ -652,18 +652,20 @@ def _location_of(e: BaseException) -> str:
     return "<unknown>"
 
 
-def _check_replay(gm, wrapper, args, kwargs, guards, random_like_inputs) -> None:
-    new_args, new_kwargs = random_like_inputs(args, kwargs, seed=1234)
-    with torch.no_grad():
-        expected = wrapper(*new_args, **new_kwargs)
-        got = gm(*new_args, **new_kwargs)
-    for k, v in expected.items():
-        g = got[k]
-        if g.shape != v.shape or not torch.allclose(g.float(), v.float(), rtol=1e-4, atol=1e-5):
-            where = "; ".join(f"{g.module or '<root>'} at {g.location} ({g.what})" for g in guards[:3])
-            hint = f" Value-dependent Python decisions were taken in: {where}." if guards else ""
-            raise TraceError(
-                f"the traced graph does not reproduce output {k!r} of the model on new inputs.{hint} "
-                "Register the module that decides on tensor values as a leaf (osf.ir.register_leaf) "
-                "or give it an op rule (osf.ir.rules.register)."
-            )
+def _check_replay(gm, wrapper, args, kwargs, guards, random_like_inputs, draws: int = 4) -> None:
+    """Model and graph must agree on fresh random inputs (several draws when guards were taken)."""
+    for seed in range(1234, 1234 + (draws if guards else 1)):
+        new_args, new_kwargs = random_like_inputs(args, kwargs, seed=seed)
+        with torch.no_grad():
+            expected = wrapper(*new_args, **new_kwargs)
+            got = gm(*new_args, **new_kwargs)
+        for k, v in expected.items():
+            g = got[k]
+            if g.shape != v.shape or not torch.allclose(g.float(), v.float(), rtol=1e-4, atol=1e-5):
+                where = "; ".join(f"{g.module or '<root>'} at {g.location} ({g.what})" for g in guards[:3])
+                hint = f" Value-dependent Python decisions were taken in: {where}." if guards else ""
+                raise TraceError(
+                    f"the traced graph does not reproduce output {k!r} of the model on new inputs.{hint} "
+                    "Register the module that decides on tensor values as a leaf (osf.ir.register_leaf) "
+                    "or give it an op rule (osf.ir.rules.register)."
+                )
