@@ -40,7 +40,7 @@ def inspect(
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
-        render(report, Console())
+        render(report, Console(width=max(Console().width, 150)))
 
 
 def main() -> None:
