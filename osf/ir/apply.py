@@ -72,19 +72,27 @@ def _select(t: torch.Tensor, axis: int, pos: torch.Tensor) -> torch.Tensor:
     return t.index_select(axis, pos.to(t.device))
 
 
-def apply_attributes(ir: IR, sizes: Mapping[str, int], model: nn.Module) -> None:
-    """Set recorded size attributes (``num_heads``, ``intermediate_size``...) for ``sizes``."""
+def apply_attributes(ir: IR, sizes: Mapping[str, int], model: nn.Module,
+                     modules: Mapping[str, nn.Module] | None = None) -> None:
+    """Set recorded size attributes (``num_heads``, ``intermediate_size``...) for ``sizes``.
+
+    ``modules`` maps module paths to modules (default: looked up in ``model``); the
+    primitives among them (or all of ``model``'s) get their sizes synced from their weights.
+    """
     full = {d.name: d.size for d in ir.dims.values()}
     full.update({k: int(v) for k, v in sizes.items()})
     for b in ir.attrs:
-        mod = model.get_submodule(b.module) if b.module else model
+        if modules is not None:
+            mod = modules[b.module]
+        else:
+            mod = model.get_submodule(b.module) if b.module else model
         setattr(mod, b.attr, ir.eval_expr(b.expr, full))
-    sync_module_attributes(model)
+    sync_module_attributes(model if modules is None else modules.values())
 
 
-def sync_module_attributes(model: nn.Module) -> None:
+def sync_module_attributes(model: nn.Module | Iterable[nn.Module]) -> None:
     """Make torch.nn primitives' size attributes match their (possibly sliced) weights."""
-    for mod in model.modules():
+    for mod in (model.modules() if isinstance(model, nn.Module) else model):
         w = getattr(mod, "weight", None)
         if isinstance(mod, nn.Linear):
             mod.out_features, mod.in_features = mod.weight.shape

@@ -283,6 +283,20 @@ class AxisAlgebra:
             pos = (pos[:, None] * self.size_of(p) + sub[None, :]).reshape(-1)
         return pos
 
+    def labels(self, v: int, leaf: int) -> torch.Tensor:
+        """For each position along axis ``v``, the channel of ``leaf`` it belongs to (-1: none)."""
+        r = self.find(v)
+        d = self.defn.get(r)
+        if d is None:
+            return torch.arange(self.size[r]) if r == leaf else torch.full((self.size[r],), -1)
+        parts = [self.labels(p, leaf) for p in d.parts]
+        if d.kind == "cat":
+            return torch.cat(parts)
+        out = parts[0]
+        for p in parts[1:]:
+            out = torch.where(out[:, None] >= 0, out[:, None], p[None, :]).reshape(-1)
+        return out
+
     def new_size(self, v: int, sizes: dict[int, int]) -> int:
         """Size of axis ``v`` when leaves take ``sizes`` (others keep theirs)."""
         r = self.find(v)

@@ -1,0 +1,106 @@
+"""Extraction: a supernet config as a real, independent, smaller model."""
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from osf.ir.apply import get_tensor
+from osf.space import Config
+
+if TYPE_CHECKING:
+    from osf.elastic.supernet import Supernet
+
+META_ATTR = "_osf_subnet"  # the subnet's description, written next to its weights by save_subnet
+
+
+def extract(sn: "Supernet", cfg: Config) -> nn.Module:
+    """Copy the model at ``cfg``: every tensor comes from the supernet, nothing is random."""
+    with sn.use(cfg):
+        memo: dict[int, Any] = {}
+        for name in sn.ir.tensor_axes:
+            t = sn.current(name)
+            full = sn._full[name]
+            clone = t.detach().clone().contiguous()
+            memo[id(t)] = nn.Parameter(clone, requires_grad=full.requires_grad) if isinstance(
+                full, nn.Parameter) else clone
+        for skip in sn._skips.values():
+            memo[id(skip)] = skip  # removed below
+        sub = copy.deepcopy(sn.model, memo)
+    dropped = [b.name for b in sn.ir.blocks if not cfg.get(b.name, True)]
+    _remove_blocks(sub, sn, dropped)
+    _check_all_from_supernet(sub, sn, cfg, dropped)
+    meta = {
+        "format": 1,
+        "config": dict(cfg),
+        "dropped": dropped,
+        "shapes": {n: list(sn.ir.new_shape(n, {d: cfg[d] for d in sn.space.dims})) for n in sn.ir.tensor_axes},
+        "attributes": [
+            {"module": a.module, "attr": a.attr, "value": sn.ir.eval_expr(a.expr, {d: cfg[d] for d in sn.space.dims})}
+            for a in sn.ir.attrs
+        ],
+        "original_config": sn.model.config.to_dict() if hasattr(getattr(sn.model, "config", None), "to_dict")
+        else None,
+        "class": f"{type(sn.model).__module__}.{type(sn.model).__qualname__}",
+    }
+    if hasattr(getattr(sub, "config", None), "to_dict"):
+        from osf.elastic.hf_config import update_hf_config
+
+        meta["config_expresses_subnet"] = update_hf_config(sub, sn, cfg, dropped)
+    setattr(sub, META_ATTR, meta)
+    return sub
+
+
+def _remove_blocks(sub: nn.Module, sn: "Supernet", dropped: list[str]) -> None:
+    """Shrink layer lists and renumber the ``layer_idx`` HF caches index by."""
+    by_stack: dict[str, list[int]] = {}
+    for b in sn.ir.blocks:
+        if b.name in dropped:
+            by_stack.setdefault(b.stack, []).append(b.index)
+    for stack, indices in by_stack.items():
+        lst = sub.get_submodule(stack) if stack else sub
+        kept = [m for i, m in enumerate(lst) if i not in indices]
+        new = type(lst)(kept) if isinstance(lst, nn.ModuleList) else nn.Sequential(*kept)
+        owner, _, leaf = stack.rpartition(".")
+        parent = sub.get_submodule(owner) if owner else sub
+        setattr(parent, leaf, new)
+        for new_idx, layer in enumerate(kept):
+            for mod in layer.modules():
+                if isinstance(getattr(mod, "layer_idx", None), int):
+                    mod.layer_idx = new_idx
+
+
+def _check_all_from_supernet(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[str]) -> None:
+    """Fail loudly if any tensor of the subnet is not the supernet's (shape or value)."""
+    sizes = {d: cfg[d] for d in sn.space.dims}
+    expected = sn.num_params(cfg)
+    got = sum(p.numel() for p in sub.parameters())
+    if got != expected:
+        raise RuntimeError(f"extracted model has {got} parameters, the supernet counts {expected} for this "
+                           "config: some tensor was not sliced consistently")
+    for name in sn.ir.tensor_axes:
+        if any(name.startswith(b + ".") for b in dropped):
+            continue
+        shape = tuple(sn.ir.new_shape(name, sizes))
+        try:
+            t = _get_renumbered(sub, sn, name, dropped)
+        except AttributeError as e:
+            raise RuntimeError(f"extracted model lacks tensor {name!r}") from e
+        if tuple(t.shape) != shape:
+            raise RuntimeError(f"extracted tensor {name!r} has shape {tuple(t.shape)}, expected {shape}")
+
+
+def _get_renumbered(sub: nn.Module, sn: "Supernet", name: str, dropped: list[str]) -> torch.Tensor:
+    for stack, blocks in sn.ir.stacks.items():
+        prefix = f"{stack}." if stack else ""
+        if name.startswith(prefix):
+            rest = name[len(prefix):]
+            idx, _, tail = rest.partition(".")
+            if idx.isdigit():
+                removed = sum(1 for b in blocks if b.name in dropped and b.index < int(idx))
+                name = f"{prefix}{int(idx) - removed}.{tail}"
+                break
+    return get_tensor(sub, name)
+

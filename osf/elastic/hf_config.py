@@ -1,0 +1,102 @@
+"""Keep a Hugging Face config true to an extracted subnet.
+
+Depth fields are set from the layer lists. Size fields are found, not hard-coded: an int
+field (or list element) whose value is the original size of dims that all take one new
+size is a candidate; a candidate is kept when building the model class from the changed
+config (on the meta device, no memory) gets closer to the subnet's tensor shapes. The
+subnet is *expressible* when that build matches every shape: then the saved folder loads
+with plain ``from_pretrained``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+from torch import nn
+
+from osf.space import Config
+
+if TYPE_CHECKING:
+    from osf.elastic.supernet import Supernet
+
+
+def _configs(config: Any) -> Iterator[tuple[str, Any]]:
+    yield "", config
+    for key in ("text_config", "vision_config"):
+        sub = getattr(config, key, None)
+        if sub is not None and hasattr(sub, "to_dict"):
+            yield key, sub
+
+
+def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[str]) -> bool:
+    """Update ``sub.config`` for ``cfg``; True when the config alone rebuilds the subnet."""
+    config = sub.config
+    _update_depth(sub, sn, config, dropped)
+    target = {k: tuple(v.shape) for k, v in sub.state_dict().items()}
+    by_size: dict[int, set[int]] = {}
+    for d in sn.ir.dims.values():
+        by_size.setdefault(d.size, set()).add(cfg[d.name])
+    candidates = []
+    for prefix, c in _configs(config):
+        for field, value in c.to_dict().items():
+            if field in ("vocab_size", "num_labels", "max_position_embeddings", "image_size", "patch_size",
+                         "num_channels", "projection_dim", "num_hidden_layers", "depths"):
+                continue
+            if isinstance(value, int) and not isinstance(value, bool):
+                new = by_size.get(value)
+                if new and len(new) == 1 and next(iter(new)) != value:
+                    candidates.append((c, field, None, next(iter(new))))
+            elif isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                for i, v in enumerate(value):
+                    new = by_size.get(v)
+                    if new and len(new) == 1 and next(iter(new)) != v:
+                        candidates.append((c, field, i, next(iter(new))))
+    best = _mismatches(sub, config, target)
+    for c, field, index, new in candidates:
+        old = getattr(c, field)
+        trial = list(old) if index is not None else new
+        if index is not None:
+            trial[index] = new
+        setattr(c, field, trial)
+        score = _mismatches(sub, config, target)
+        if score < best:
+            best = score
+        else:
+            setattr(c, field, old)
+    return best == 0
+
+
+def _update_depth(sub: nn.Module, sn: "Supernet", config: Any, dropped: list[str]) -> None:
+    """num_hidden_layers, layer_types and Swin's per-stage depths follow the layer lists."""
+    for stack, blocks in sn.ir.stacks.items():
+        original = len(sn.model.get_submodule(stack))
+        n = len(sub.get_submodule(stack))
+        if n == original:
+            continue
+        removed = {b.index for b in blocks if b.name in dropped}
+        for prefix, c in _configs(config):
+            if prefix and not stack.startswith(prefix.replace("_config", "_model")):
+                continue
+            if getattr(c, "num_hidden_layers", None) == original:
+                c.num_hidden_layers = n
+            layer_types = getattr(c, "layer_types", None)
+            if isinstance(layer_types, list) and len(layer_types) == original:
+                c.layer_types = [t for i, t in enumerate(layer_types) if i not in removed]
+        depths = getattr(config, "depths", None)
+        parts = stack.split(".")
+        if isinstance(depths, list) and len(parts) >= 2 and parts[-1] == "blocks" and parts[-2].isdigit():
+            depths = list(depths)
+            depths[int(parts[-2])] = n
+            config.depths = depths
+
+
+def _mismatches(sub: nn.Module, config: Any, target: dict[str, tuple]) -> int:
+    try:
+        with torch.device("meta"):
+            built = type(sub)(copy.deepcopy(config))
+    except Exception:
+        return len(target) + 1
+    shapes = {k: tuple(v.shape) for k, v in built.state_dict().items()}
+    bad = sum(1 for k, s in target.items() if shapes.get(k) != s)
+    return bad + sum(1 for k in shapes if k not in target)

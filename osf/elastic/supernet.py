@@ -1,0 +1,298 @@
+"""The weight-sharing supernet: ``osf.supernet(model)``.
+
+The model is changed *in place* (like PEFT's injection): its channels are reordered by
+importance with a function-preserving permutation, so every subnet is a prefix of every
+dim. Setting a config swaps each affected parameter for a slice of the full one (a view
+where the kept channels are contiguous), sets the recorded size attributes
+(``num_heads``, ``intermediate_size``...) and replaces dropped layers by a skip. The
+model's own forward then runs the subnet, so outputs, ``generate()`` and lm-eval's
+``HFLM(pretrained=sn.model)`` work unchanged. Pass ``copy=True`` to keep the original.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy as copy_module
+import math
+from typing import Any, Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from osf.elastic.importance import (IMPORTANCE_METHODS, activation_importance, block_importance, eval_mode,
+                                    magnitude_importance)
+from osf.ir import IR, analyze
+from osf.ir.apply import SkipBlock, apply_attributes, get_tensor, permute_dims
+from osf.ir.inputs import default_inputs
+from osf.ir.ir import HEAD_DIM, HEADS, RANK, STATE
+from osf.space import Config, SearchSpace
+
+FRACTIONS = (1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8)
+
+
+def default_choices(size: int, kind: str) -> list[int]:
+    """Fractions 1, 7/8, ..., 1/4 of ``size``: widths in multiples of 8 (of 1 when small),
+    heads in whole heads, d_state in multiples of 4; head_dim stays whole."""
+    if kind == HEAD_DIM:
+        return [size]
+    if kind == HEADS:
+        step = 1
+    elif kind == STATE:
+        step = 4 if size >= 8 else 1
+    elif kind == RANK:
+        step = 8 if size >= 64 else 1
+    else:
+        step = 8 if size >= 64 else 1
+    out = {size}
+    for f in FRACTIONS[1:]:
+        v = max(step, int(round(size * f / step)) * step)
+        if v < size:
+            out.add(v)
+    return sorted(out, reverse=True)
+
+
+class Supernet:
+    """A model whose every subnet (config) can be run in place, counted and extracted.
+
+    Attributes:
+        model: the live model; calling it runs the active subnet.
+        ir: the analysis of the model (dims, blocks, attributes).
+        space: the search space (:class:`osf.SearchSpace`).
+        config: the active config.
+    """
+
+    def __init__(self, model: nn.Module, ir: IR, space: SearchSpace, example_inputs: Any):
+        self.model = model
+        self.ir = ir
+        self.space = space
+        self.example_inputs = example_inputs
+        self._full: dict[str, torch.Tensor] = {name: get_tensor(model, name) for name in ir.tensor_axes}
+        self._aliases: dict[str, list[str]] = {}
+        for alias, canonical in ir.tied.items():
+            if canonical in self._full:
+                self._aliases.setdefault(canonical, []).append(alias)
+        leaf_to_dim = {d.var: d.name for d in ir.dims.values()}
+        self._tensor_dims: dict[str, list[str]] = {}
+        for name, vars_ in ir.tensor_axes.items():
+            dims = sorted({leaf_to_dim[l] for v in vars_ for l in ir.alg.leaves(v) if l in leaf_to_dim})
+            if dims:
+                self._tensor_dims[name] = dims
+        self._views: dict[tuple, torch.Tensor] = {}
+        self._layers: dict[str, nn.Module] = {b.name: model.get_submodule(b.name) for b in ir.blocks}
+        self._skips: dict[str, SkipBlock] = {}
+        self._block_index = {b.name: b for b in ir.blocks}
+        owners = {n.rpartition(".")[0] for n in self._tensor_dims} | {a.module for a in ir.attrs}
+        for alias in ir.tied:
+            owners.add(alias.rpartition(".")[0])
+        self._modules = {p: model.get_submodule(p) if p else model for p in sorted(owners)}
+        self.config: Config = space.largest()
+        self._installed: dict[str, tuple] = {}
+
+    # ------------------------------------------------------------------ running
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        # delegate the model's API (generate, device, config of an HF model...) to the model
+        if name.startswith("_") or name in ("model", "ir", "space", "config", "example_inputs"):
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def parameters(self) -> Iterator[torch.Tensor]:
+        """The full shared weights (what an optimizer should hold)."""
+        seen = set()
+        for t in self._full.values():
+            if isinstance(t, nn.Parameter) and id(t) not in seen:
+                seen.add(id(t))
+                yield t
+        for p in self.model.parameters():
+            if isinstance(p, nn.Parameter) and id(p) not in seen and p.requires_grad:
+                seen.add(id(p))
+                yield p
+
+    def set_config(self, cfg: Mapping[str, Any]) -> None:
+        """Make ``cfg`` the active subnet (validated; see :meth:`SearchSpace.validate`)."""
+        cfg = self.space.validate(cfg)
+        sizes = {d: cfg[d] for d in self.space.dims}
+        for name, dims in self._tensor_dims.items():
+            key = tuple(sizes.get(d, self.ir.dims[d].size) for d in dims)
+            if self._installed.get(name) == key:
+                continue
+            self._install(name, self._view(name, dims, key))
+            self._installed[name] = key
+        apply_attributes(self.ir, sizes, self.model, self._modules)
+        for b in self.ir.blocks:
+            parent = self.model.get_submodule(b.stack) if b.stack else self.model
+            keep = cfg.get(b.name, True)
+            want = self._layers[b.name] if keep else self._skip(b.name)
+            if parent[b.index] is not want:
+                parent[b.index] = want
+        self.config = cfg
+
+    @contextlib.contextmanager
+    def use(self, cfg: Mapping[str, Any]):
+        """Run a block of code with ``cfg`` active, then restore the previous config."""
+        previous = self.config
+        self.set_config(cfg)
+        try:
+            yield self
+        finally:
+            self.set_config(previous)
+
+    def _view(self, name: str, dims: list[str], key: tuple) -> torch.Tensor:
+        cache_key = (name, key)
+        view = self._views.get(cache_key)
+        if view is None:
+            full = self._full[name]
+            sel = {d: torch.arange(k) for d, k in zip(dims, key) if k != self.ir.dims[d].size}
+            view = full
+            for axis in range(full.dim()):
+                pos = self.ir.positions(name, axis, sel) if sel else None
+                if pos is not None:
+                    view = _narrow_or_gather(view, axis, pos)
+            if len(self._views) > 4096:
+                self._views.clear()
+            self._views[cache_key] = view
+        return view
+
+    def _install(self, name: str, tensor: torch.Tensor) -> None:
+        for n in [name] + self._aliases.get(name, []):
+            owner, _, leaf = n.rpartition(".")
+            mod = self._modules[owner]
+            if leaf in mod._parameters:
+                mod._parameters[leaf] = tensor  # a view of the shared Parameter
+            else:
+                mod._buffers[leaf] = tensor
+
+    def current(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` as the active config sees it (a slice of the shared one)."""
+        owner, _, leaf = name.rpartition(".")
+        return getattr(self._modules[owner], leaf)
+
+    def _skip(self, name: str) -> SkipBlock:
+        if name not in self._skips:
+            fmt = self.ir.graph.meta["osf"].get("module_outputs", {}).get("model." + name, 0)
+            self._skips[name] = SkipBlock(fmt)
+        return self._skips[name]
+
+    # ------------------------------------------------------------------ costs
+    def num_params(self, cfg: Mapping[str, Any] | None = None) -> int:
+        """Exact parameter count of the subnet ``cfg`` (default: the active one)."""
+        cfg = self.space.validate(cfg) if cfg is not None else self.config
+        sizes = {d: cfg[d] for d in self.space.dims}
+        dropped = [b for b in self._block_index if not cfg.get(b, True)]
+        total = 0
+        seen = set()
+        for name, p in self._named_full_parameters():
+            if id(p) in seen or any(name.startswith(b + ".") for b in dropped):
+                continue
+            seen.add(id(p))
+            if name in self.ir.tensor_axes:
+                total += math.prod(self.ir.new_shape(name, sizes))
+            else:
+                total += p.numel()
+        return total
+
+    def _named_full_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        names = {}
+        for mod_name, mod in self.model.named_modules():
+            for leaf, p in mod._parameters.items():
+                if p is None:
+                    continue
+                full = f"{mod_name}.{leaf}" if mod_name else leaf
+                names[full] = self._full.get(self.ir.tied.get(full, full), p)
+        for layer_name, layer in self._layers.items():  # dropped layers are not in the model now
+            for n, p in layer.named_parameters():
+                full = f"{layer_name}.{n}"
+                names.setdefault(full, self._full.get(self.ir.tied.get(full, full), p))
+        return iter(names.items())
+
+    @torch.no_grad()
+    def macs(self, cfg: Mapping[str, Any] | None = None, inputs: Any = None) -> int:
+        """Multiply-accumulates of one forward pass at ``cfg`` on ``inputs`` (default: the
+        example inputs), counted by ``torch.utils.flop_counter`` (matmuls, convs, attention)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from osf.ir.trace import normalize_inputs
+
+        args, kwargs = normalize_inputs(inputs if inputs is not None else self.example_inputs)
+        with self.use(cfg if cfg is not None else self.config), eval_mode(self.model):
+            counter = FlopCounterMode(display=False)
+            with counter:
+                self.model(*args, **kwargs)
+        return counter.get_total_flops() // 2
+
+    # -------------------------------------------------------------- extraction
+    def extract(self, cfg: Mapping[str, Any] | None = None) -> nn.Module:
+        """A real model for ``cfg``: same class as the original, independent weights,
+        dropped layers removed, size attributes and (Hugging Face) config updated."""
+        from osf.elastic.extract import extract
+
+        cfg = self.space.validate(cfg) if cfg is not None else self.config
+        return extract(self, cfg)
+
+    def __repr__(self) -> str:
+        return f"Supernet({type(self.model).__name__}, {self.space!r})"
+
+
+def _narrow_or_gather(t: torch.Tensor, axis: int, pos: torch.Tensor) -> torch.Tensor:
+    n = pos.numel()
+    if n and int(pos[0]) == 0 and int(pos[-1]) == n - 1:
+        return t.narrow(axis, 0, n)  # prefixes are plain views: no copy
+    return t.index_select(axis, pos.to(t.device))
+
+
+def build_space(ir: IR, block_order: list[str] | None = None, depth: bool = True) -> SearchSpace:
+    """The default space: :func:`default_choices` per dim; stacks may drop up to half."""
+    dims = {d.name: default_choices(d.size, d.kind) for d in ir.dims.values()}
+    stacks: dict[str, list[str]] = {}
+    min_depth: dict[str, int] = {}
+    if depth:
+        order = {name: i for i, name in enumerate(block_order or [b.name for b in ir.blocks])}
+        for stack, blocks in ir.stacks.items():
+            names = sorted((b.name for b in blocks), key=lambda n: order.get(n, 0))
+            stacks[stack] = names
+            n_layers = len(ir.model.get_submodule(stack)) if stack else len(names)
+            min_depth[stack] = max(len(names) - n_layers // 2, 0) if n_layers > 1 else len(names)
+    return SearchSpace(dims=dims, stacks=stacks, min_depth=min_depth)
+
+
+def supernet(model: nn.Module, example_inputs: Any = None, *, space: Any = None, importance: str = "magnitude",
+             calibration: Iterable[Any] | None = None, depth: bool = True, copy: bool = False) -> Supernet:
+    """Turn ``model`` into a weight-sharing supernet, in place.
+
+    Args:
+        model: a trained model (Hugging Face or any ``nn.Module``).
+        example_inputs: inputs for tracing (Hugging Face models get defaults from their config).
+        space: overrides of the default choices: glob patterns on dim names, e.g.
+            ``{"*:d_inner": [4096, 3072, 2048], "*:d_state": [16, 8]}``, or a JSON/YAML path.
+        importance: ``"magnitude"`` (no data) or ``"activation"`` (needs ``calibration``).
+        calibration: an iterable of model inputs for activation and block importance.
+        depth: make residual layers droppable (keeping at least half of each stack).
+        copy: build on a deep copy and leave ``model`` untouched.
+
+    Returns:
+        A :class:`Supernet` whose largest config is the original model.
+    """
+    if importance not in IMPORTANCE_METHODS:
+        raise ValueError(f"importance must be one of {IMPORTANCE_METHODS}, got {importance!r}")
+    if importance == "activation" and calibration is None:
+        raise ValueError("importance='activation' needs calibration batches (an iterable of model inputs)")
+    if copy:
+        model = copy_module.deepcopy(model)
+    if example_inputs is None:
+        example_inputs = default_inputs(model)
+    with eval_mode(model):
+        ir = analyze(model, example_inputs)
+        if not ir.dims and not ir.blocks:
+            raise ValueError(f"{type(model).__name__} has no elastic dims and no droppable blocks: "
+                             "nothing to search (see `osf inspect` for why)")
+        calibration = list(calibration) if calibration is not None else None
+        scores = (activation_importance(ir, calibration, model) if importance == "activation"
+                  else magnitude_importance(ir, model))
+        permute_dims(ir, {d: torch.argsort(s, descending=True, stable=True) for d, s in scores.items()})
+        block_scores = block_importance(ir, calibration or [example_inputs], model) if ir.blocks else {}
+    order = sorted(block_scores, key=lambda b: block_scores[b])
+    space_obj = build_space(ir, order, depth=depth)
+    if space is not None:
+        space_obj = space_obj.restrict(space)
+    return Supernet(model, ir, space_obj, example_inputs)
