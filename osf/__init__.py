@@ -3,8 +3,10 @@
 Turn a trained model into a weight-sharing supernet, search it for the best smaller
 subnets under a budget, and get back real, smaller models.
 """
+from osf.elastic import Supernet, supernet
+from osf.elastic.io import load_subnet, save_subnet
 from osf.space import Config, SearchSpace
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "SearchSpace", "__version__"]
+__all__ = ["Config", "SearchSpace", "Supernet", "supernet", "save_subnet", "load_subnet", "__version__"]

@@ -36,7 +36,7 @@ def extract(sn: "Supernet", cfg: Config) -> nn.Module:
         "format": 1,
         "config": dict(cfg),
         "dropped": dropped,
-        "shapes": {n: list(sn.ir.new_shape(n, {d: cfg[d] for d in sn.space.dims})) for n in sn.ir.tensor_axes},
+        "shapes": _changed_shapes(sn, cfg),
         "attributes": [
             {"module": a.module, "attr": a.attr, "value": sn.ir.eval_expr(a.expr, {d: cfg[d] for d in sn.space.dims})}
             for a in sn.ir.attrs
@@ -51,6 +51,16 @@ def extract(sn: "Supernet", cfg: Config) -> nn.Module:
         meta["config_expresses_subnet"] = update_hf_config(sub, sn, cfg, dropped)
     setattr(sub, META_ATTR, meta)
     return sub
+
+
+def _changed_shapes(sn: "Supernet", cfg: Config) -> dict[str, list[int]]:
+    sizes = {d: cfg[d] for d in sn.space.dims}
+    out = {}
+    for name in sn._tensor_dims:
+        shape = list(sn.ir.new_shape(name, sizes))
+        if shape != list(sn._full[name].shape):
+            out[name] = shape
+    return out
 
 
 def _remove_blocks(sub: nn.Module, sn: "Supernet", dropped: list[str]) -> None:

@@ -53,17 +53,24 @@ def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[
                     if new and len(new) == 1 and next(iter(new)) != v:
                         candidates.append((c, field, i, next(iter(new))))
     best = _mismatches(sub, config, target)
-    for c, field, index, new in candidates:
-        old = getattr(c, field)
-        trial = list(old) if index is not None else new
-        if index is not None:
-            trial[index] = new
-        setattr(c, field, trial)
-        score = _mismatches(sub, config, target)
-        if score < best:
-            best = score
-        else:
-            setattr(c, field, old)
+    pending = list(candidates)
+    while pending and best:  # fields interact (x_proj is rank + 2 * state): retry until stable
+        still = []
+        for c, field, index, new in pending:
+            old = getattr(c, field)
+            trial = list(old) if index is not None else new
+            if index is not None:
+                trial[index] = new
+            setattr(c, field, trial)
+            score = _mismatches(sub, config, target)
+            if score < best:
+                best = score
+            else:
+                setattr(c, field, old)
+                still.append((c, field, index, new))
+        if len(still) == len(pending):
+            break
+        pending = still
     return best == 0
 
 
@@ -93,8 +100,12 @@ def _update_depth(sub: nn.Module, sn: "Supernet", config: Any, dropped: list[str
 
 def _mismatches(sub: nn.Module, config: Any, target: dict[str, tuple]) -> int:
     try:
+        trial = copy.deepcopy(config)
+        for _, c in _configs(trial):
+            if callable(getattr(c, "validate", None)):
+                c.validate()  # a config transformers would refuse to save or load is no match
         with torch.device("meta"):
-            built = type(sub)(copy.deepcopy(config))
+            built = type(sub)(trial)
     except Exception:
         return len(target) + 1
     shapes = {k: tuple(v.shape) for k, v in built.state_dict().items()}

@@ -80,7 +80,7 @@ class Supernet:
         self._layers: dict[str, nn.Module] = {b.name: model.get_submodule(b.name) for b in ir.blocks}
         self._skips: dict[str, SkipBlock] = {}
         self._block_index = {b.name: b for b in ir.blocks}
-        owners = {n.rpartition(".")[0] for n in self._tensor_dims} | {a.module for a in ir.attrs}
+        owners = {n.rpartition(".")[0] for n in ir.tensor_axes} | {a.module for a in ir.attrs}
         for alias in ir.tied:
             owners.add(alias.rpartition(".")[0])
         self._modules = {p: model.get_submodule(p) if p else model for p in sorted(owners)}
@@ -139,18 +139,30 @@ class Supernet:
             self.set_config(previous)
 
     def _view(self, name: str, dims: list[str], key: tuple) -> torch.Tensor:
+        """The slice of tensor ``name`` for ``key`` (the sizes of its dims).
+
+        Prefix slices are views of the shared storage and are cached; a slice that keeps
+        several sub-ranges (both halves of a fused projection) has to be gathered.
+        """
         cache_key = (name, key)
         view = self._views.get(cache_key)
-        if view is None:
-            full = self._full[name]
-            sel = {d: torch.arange(k) for d, k in zip(dims, key) if k != self.ir.dims[d].size}
-            view = full
-            for axis in range(full.dim()):
-                pos = self.ir.positions(name, axis, sel) if sel else None
-                if pos is not None:
-                    view = _narrow_or_gather(view, axis, pos)
-            if len(self._views) > 4096:
-                self._views.clear()
+        if view is not None:
+            return view
+        full = self._full[name]
+        sel = {d: torch.arange(k) for d, k in zip(dims, key) if k != self.ir.dims[d].size}
+        if not sel:
+            return full  # the original tensor itself
+        view = full.detach()
+        gathered = False
+        for axis in range(full.dim()):
+            pos = self.ir.positions(name, axis, sel) if sel else None
+            if pos is not None:
+                view, copied = _narrow_or_gather(view, axis, pos)
+                gathered |= copied
+        if isinstance(full, nn.Parameter):
+            # a Parameter over the shared storage, so HF utilities (tie_weights...) see parameters
+            view = nn.Parameter(view, requires_grad=full.requires_grad)
+        if not gathered:
             self._views[cache_key] = view
         return view
 
@@ -159,7 +171,7 @@ class Supernet:
             owner, _, leaf = n.rpartition(".")
             mod = self._modules[owner]
             if leaf in mod._parameters:
-                mod._parameters[leaf] = tensor  # a view of the shared Parameter
+                mod._parameters[leaf] = tensor
             else:
                 mod._buffers[leaf] = tensor
 
@@ -234,11 +246,11 @@ class Supernet:
         return f"Supernet({type(self.model).__name__}, {self.space!r})"
 
 
-def _narrow_or_gather(t: torch.Tensor, axis: int, pos: torch.Tensor) -> torch.Tensor:
+def _narrow_or_gather(t: torch.Tensor, axis: int, pos: torch.Tensor) -> tuple[torch.Tensor, bool]:
     n = pos.numel()
     if n and int(pos[0]) == 0 and int(pos[-1]) == n - 1:
-        return t.narrow(axis, 0, n)  # prefixes are plain views: no copy
-    return t.index_select(axis, pos.to(t.device))
+        return t.narrow(axis, 0, n), False  # a prefix is a plain view: no copy
+    return t.index_select(axis, pos.to(t.device)), True
 
 
 def build_space(ir: IR, block_order: list[str] | None = None, depth: bool = True) -> SearchSpace:

@@ -1,0 +1,155 @@
+"""Saving and loading extracted subnets, per-layer sizes included.
+
+A subnet folder holds the weights (``model.safetensors``), for Hugging Face models their
+``config.json``, and ``osf_subnet.json``: the config, the tensor shapes, the size attributes
+and the dropped layers, all in the original model's layout. Where the Hugging Face config can
+express the subnet (uniform sizes), the folder also loads with plain ``from_pretrained``.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_model
+from torch import nn
+
+from osf.elastic.extract import META_ATTR
+from osf.ir.apply import set_tensor, sync_module_attributes
+
+META_FILE = "osf_subnet.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def save_subnet(model: nn.Module, path: str | Path) -> Path:
+    """Save an extracted subnet (see :meth:`osf.Supernet.extract`) to the folder ``path``."""
+    meta = getattr(model, META_ATTR, None)
+    if meta is None:
+        raise ValueError("this model was not extracted by osf (no subnet description): use "
+                         "sn.extract(config) to get a subnet, or save it with save_pretrained")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "save_pretrained"):
+        # current tensor names, so osf can read them back without transformers' renaming
+        model.save_pretrained(path, save_original_format=False)
+    else:
+        save_model(model, str(path / WEIGHTS_FILE))  # stores tied tensors once
+    (path / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    return path
+
+
+def load_subnet(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Load a subnet saved by :func:`save_subnet`.
+
+    Args:
+        path: the folder.
+        model: for models that are not Hugging Face ones, a freshly built instance of the
+            original architecture (its weights are replaced).
+
+    Raises:
+        ValueError: the folder was not written by osf, or a tensor has the wrong shape.
+    """
+    path = Path(path)
+    meta_file = path / META_FILE
+    if not meta_file.is_file():
+        raise ValueError(f"{str(path)!r} was not written by osf.save_subnet (no {META_FILE}); "
+                         "load it with from_pretrained instead")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != 1:
+        raise ValueError(f"{meta_file}: unknown format {meta.get('format')!r}")
+    if model is None:
+        model = _build_original(meta)
+    for name, shape in meta["shapes"].items():
+        set_tensor(model, name, torch.empty(shape))
+    for a in meta["attributes"]:
+        setattr(model.get_submodule(a["module"]) if a["module"] else model, a["attr"], a["value"])
+    sync_module_attributes(model)
+    _drop(model, meta["dropped"])
+    if (path / "config.json").is_file() and hasattr(model, "config"):
+        _copy_fields(model.config, type(model.config).from_pretrained(path))
+    state = _read_weights(path)
+    expected = model.state_dict()
+    for k, v in state.items():
+        if k in expected and tuple(expected[k].shape) != tuple(v.shape):
+            raise ValueError(f"{path}: tensor {k!r} has shape {tuple(v.shape)}, the subnet description says "
+                             f"{tuple(expected[k].shape)}")
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = _tied_names(model)
+    missing = [k for k in missing if k not in tied and not _is_non_persistent(model, k)]
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the subnet: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    setattr(model, META_ATTR, meta)
+    return model.eval()
+
+
+def _build_original(meta: dict[str, Any]) -> nn.Module:
+    if not meta.get("original_config"):
+        raise ValueError(f"this subnet comes from a {meta.get('class')} that is not a Hugging Face model: "
+                         "pass model=<a fresh instance of that architecture> to load_subnet")
+    module, _, name = meta["class"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    config = cls.config_class.from_dict(meta["original_config"])
+    return cls(config)
+
+
+def _drop(model: nn.Module, dropped: list[str]) -> None:
+    by_stack: dict[str, set[int]] = {}
+    for name in dropped:
+        stack, _, idx = name.rpartition(".")
+        by_stack.setdefault(stack, set()).add(int(idx))
+    for stack, indices in by_stack.items():
+        lst = model.get_submodule(stack) if stack else model
+        kept = [m for i, m in enumerate(lst) if i not in indices]
+        owner, _, leaf = stack.rpartition(".")
+        parent = model.get_submodule(owner) if owner else model
+        setattr(parent, leaf, type(lst)(kept) if isinstance(lst, nn.ModuleList) else nn.Sequential(*kept))
+        for new_idx, layer in enumerate(kept):
+            for mod in layer.modules():
+                if isinstance(getattr(mod, "layer_idx", None), int):
+                    mod.layer_idx = new_idx
+
+
+def _copy_fields(dst: Any, src: Any) -> None:
+    """Update config ``dst`` in place from ``src`` (the saved one), keeping runtime settings
+    such as the attention implementation that loading from a folder would reset."""
+    for key, value in vars(src).items():
+        if key.startswith("_"):
+            continue
+        current = getattr(dst, key, None)
+        if hasattr(current, "to_dict") and hasattr(value, "to_dict"):
+            _copy_fields(current, value)
+        else:
+            setattr(dst, key, value)
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{path}: no .safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
+def _tied_names(model: nn.Module) -> set[str]:
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied.add(name)
+        seen.setdefault(id(p), name)
+    keys = getattr(model, "_tied_weights_keys", None) or {}
+    tied.update(keys if isinstance(keys, (list, set, tuple)) else keys.keys())
+    return tied
+
+
+def _is_non_persistent(model: nn.Module, key: str) -> bool:
+    owner, _, leaf = key.rpartition(".")
+    mod = model.get_submodule(owner) if owner else model
+    return leaf in getattr(mod, "_non_persistent_buffers_set", set())

@@ -1,0 +1,263 @@
+"""Invariants of the elastic supernet, on every supported model."""
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+
+import pytest
+import torch
+
+import osf
+from osf.ir.inputs import default_inputs
+from osf.ir.trace import flatten_output, normalize_inputs
+from zoo import ALL_MODELS, build
+
+
+@functools.lru_cache(maxsize=None)
+def built(name: str):
+    model, ex = build(name)
+    args, kwargs = normalize_inputs(ex if ex is not None else default_inputs(model))
+    with torch.no_grad():
+        reference = flatten_output(model(*args, **kwargs))
+    sn = osf.supernet(model, ex)
+    return sn, args, kwargs, reference
+
+
+def run(model, args, kwargs):
+    with torch.no_grad():
+        return flatten_output(model(*args, **kwargs))
+
+
+def rel_err(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
+
+
+def checksum(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_largest_config_is_the_original_model(name):
+    sn, args, kwargs, reference = built(name)
+    sn.set_config(sn.space.largest())
+    out = run(sn, args, kwargs)
+    for k in reference:
+        assert rel_err(out[k], reference[k]) < 1e-5
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_extracted_subnets_equal_the_supernet(name):
+    sn, args, kwargs, _ = built(name)
+    stored = checksum(sn._full.values())
+    configs = [sn.space.smallest()] + [sn.space.sample(seed) for seed in range(10)]
+    for cfg in configs:
+        sn.set_config(cfg)
+        live = run(sn, args, kwargs)
+        sub = sn.extract(cfg)
+        assert type(sub) is type(sn.model)
+        out = run(sub, args, kwargs)
+        for k in live:
+            assert rel_err(out[k], live[k]) < 1e-5, (name, cfg)
+        n = sum(p.numel() for p in sub.parameters())
+        assert n == sn.num_params(cfg)
+        assert n == sum(t.numel() for t in {id(p): p for p in sub.parameters()}.values())
+    assert checksum(sn._full.values()) == stored, "running configs changed the stored weights"
+    sn.set_config(sn.space.largest())
+
+
+@pytest.mark.parametrize("name", ["tiny-mamba", "tiny-vit", "gpt"])
+def test_extracted_weights_are_independent(name):
+    sn, args, kwargs, _ = built(name)
+    cfg = sn.space.sample(3)
+    sub = sn.extract(cfg)
+    before = checksum(sn._full.values())
+    with torch.no_grad():
+        for p in sub.parameters():
+            p.add_(1.0)
+    assert checksum(sn._full.values()) == before
+    sn.set_config(sn.space.largest())
+
+
+def test_num_params_shrinks_monotonically_and_counts_tied_weights_once():
+    sn, *_ = built("gpt")
+    full = sum(p.numel() for p in {id(p): p for p in sn.model.parameters()}.values())
+    assert sn.num_params(sn.space.largest()) == full
+    assert sn.num_params(sn.space.smallest()) < full
+
+
+@pytest.mark.parametrize("name", ["tiny-mamba", "tiny-swin", "resnet"])
+def test_macs_match_flop_counter_on_extracted_model(name):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sn, args, kwargs, _ = built(name)
+    cfg = sn.space.sample(5)
+    sub = sn.extract(cfg)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        sub(*args, **kwargs)
+    assert sn.macs(cfg) == counter.get_total_flops() // 2
+    assert sn.macs(sn.space.smallest()) < sn.macs(sn.space.largest())
+
+
+@pytest.mark.parametrize("name", ["tiny-mamba", "tiny-mamba2", "tiny-vit", "tiny-clip", "tiny-swinv2"])
+def test_save_load_round_trip_is_exact_for_per_layer_configs(name, tmp_path):
+    sn, args, kwargs, _ = built(name)
+    cfg = sn.space.sample(11)
+    sub = sn.extract(cfg)
+    osf.save_subnet(sub, tmp_path)
+    loaded = osf.load_subnet(tmp_path)
+    a, b = run(sub, args, kwargs), run(loaded, args, kwargs)
+    for k in a:
+        assert torch.equal(a[k], b[k])
+    assert json.loads((tmp_path / "osf_subnet.json").read_text())["config"] == cfg
+    sn.set_config(sn.space.largest())
+
+
+def _uniform(sn, pick: int = 2, drop_first: bool = True):
+    cfg = sn.space.largest()
+    for d, choices in sn.space.dims.items():
+        cfg[d] = choices[min(pick, len(choices) - 1)]
+    for stack, names in sn.space.stacks.items():
+        if drop_first and len(names) > sn.space.min_depth[stack]:
+            cfg[names[0]] = False
+    return cfg
+
+
+@pytest.mark.parametrize("name,auto", [("tiny-mamba", "AutoModelForCausalLM"),
+                                       ("tiny-vit", "AutoModelForImageClassification")])
+def test_uniform_subnet_loads_with_plain_transformers(name, auto, tmp_path):
+    import transformers
+
+    sn, args, kwargs, _ = built(name)
+    cfg = _uniform(sn)
+    if name == "tiny-vit":  # HF ViT needs hidden == heads x head_dim
+        cfg.update({d: 3 for d in cfg if d.endswith(":heads")}, hidden=48)
+    sub = sn.extract(cfg)
+    assert sub._osf_subnet["config_expresses_subnet"]
+    osf.save_subnet(sub, tmp_path)
+    plain = getattr(transformers, auto).from_pretrained(tmp_path).eval()
+    a, b = run(sub, args, kwargs), run(plain, args, kwargs)
+    for k in a:
+        assert rel_err(b[k], a[k]) < 1e-6
+
+
+def test_per_layer_subnet_refuses_plain_loading(tmp_path):
+    import transformers
+
+    sn, *_ = built("tiny-mamba")
+    cfg = sn.space.largest()
+    cfg["backbone.layers.1.mixer:d_inner"] = sn.space.dims["backbone.layers.1.mixer:d_inner"][-1]
+    sub = sn.extract(cfg)
+    assert not sub._osf_subnet["config_expresses_subnet"]
+    osf.save_subnet(sub, tmp_path)
+    with pytest.raises(Exception, match="mismatch|size"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_extracted_mamba_generates_the_same_tokens_as_the_supernet():
+    sn, *_ = built("tiny-mamba")
+    cfg = _uniform(sn, pick=3)
+    cfg["backbone.layers.2.mixer:d_state"] = sn.space.dims["backbone.layers.2.mixer:d_state"][1]
+    ids = torch.randint(3, 200, (2, 6), generator=torch.Generator().manual_seed(0))
+    sn.set_config(cfg)
+    with torch.no_grad():
+        live = sn.generate(ids, max_new_tokens=10, do_sample=False)
+        sub = sn.extract(cfg).generate(ids, max_new_tokens=10, do_sample=False)
+    sn.set_config(sn.space.largest())
+    assert torch.equal(live, sub)
+    assert sub.shape[1] == 16
+
+
+def test_lm_eval_scores_the_live_supernet_like_the_extracted_subnet(tmp_path):
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from lm_fixtures import lm_eval_score, make_lastword_task, make_tokenizer
+
+    tok = make_tokenizer(tmp_path / "tok")
+    task = make_lastword_task(tmp_path / "task")
+    torch.manual_seed(0)
+    model = MambaForCausalLM(MambaConfig(vocab_size=len(tok), hidden_size=32, state_size=8, num_hidden_layers=2,
+                                         intermediate_size=64, time_step_rank=4, pad_token_id=0)).eval()
+    sn = osf.supernet(model)
+    cfg = sn.space.sample(1)
+    sn.set_config(cfg)
+    live = lm_eval_score(sn.model, tok, task)
+    extracted = lm_eval_score(sn.extract(cfg), tok, task)
+    assert live["perplexity,none"] == pytest.approx(extracted["perplexity,none"], rel=1e-6)
+    assert live["acc,none"] == extracted["acc,none"]
+    sn.set_config(sn.space.largest())
+    full = lm_eval_score(sn.model, tok, task)
+    assert full["perplexity,none"] != pytest.approx(live["perplexity,none"], rel=1e-3)
+
+
+def test_building_is_in_place_and_copy_keeps_the_original():
+    model, ex = build("tiny-vit")
+    originals = {id(p) for p in model.parameters()}
+    sn = osf.supernet(model)
+    sn.set_config(sn.space.smallest())
+    sn.set_config(sn.space.largest())
+    assert sn.model is model and {id(p) for p in model.parameters()} == originals
+    model2, _ = build("tiny-vit")
+    saved = checksum(model2.parameters())
+    sn2 = osf.supernet(model2, copy=True)
+    assert sn2.model is not model2 and checksum(model2.parameters()) == saved
+
+
+def test_activation_importance_and_space_overrides(tmp_path):
+    model, ex = build("tiny-mamba")
+    g = torch.Generator().manual_seed(1)
+    calib = [{"input_ids": torch.randint(3, 250, (2, 12), generator=g)} for _ in range(2)]
+    space = {"*:d_inner": [128, 96, 64], "*:d_state": [16, 8], "depth": 0.75}
+    args, kwargs = normalize_inputs(default_inputs(model))
+    reference = run(model, args, kwargs)
+    sn = osf.supernet(model, importance="activation", calibration=calib, space=space)
+    assert sn.space.dims["backbone.layers.0.mixer:d_inner"] == [128, 96, 64]
+    assert sn.space.dims["backbone.layers.3.mixer:d_state"] == [16, 8]
+    assert sn.space.min_depth["backbone.layers"] == 3
+    out = run(sn, args, kwargs)
+    assert rel_err(out["logits"], reference["logits"]) < 1e-5
+    path = tmp_path / "space.yaml"
+    path.write_text("'*:dt_rank': [8, 4]\n")
+    assert osf.supernet(build("tiny-mamba")[0], space=path).space.dims["backbone.layers.0.mixer:dt_rank"] == [8, 4]
+
+
+def test_bad_configs_name_the_dim_and_allowed_values():
+    sn, *_ = built("tiny-mamba")
+    good = sn.space.largest()
+    with pytest.raises(ValueError, match="unknown name.*nope"):
+        sn.set_config({**good, "nope": 3})
+    with pytest.raises(ValueError, match=r"backbone.layers.0.mixer:d_state.*allowed sizes: \[16, 12, 8, 4\]"):
+        sn.set_config({**good, "backbone.layers.0.mixer:d_state": 5})
+    with pytest.raises(ValueError, match="allowed sizes"):
+        sn.set_config({**good, "hidden": 1000})
+    missing = dict(good)
+    del missing["hidden"]
+    with pytest.raises(ValueError, match="missing dim.*hidden"):
+        sn.set_config(missing)
+    with pytest.raises(ValueError, match="at least 2"):
+        sn.set_config({**good, **{b: False for b in sn.space.blocks}})
+    with pytest.raises(ValueError, match="no dim"):
+        osf.supernet(build("tiny-mamba")[0], space={"*:nothing": [1]})
+    with pytest.raises(ValueError, match="importance"):
+        osf.supernet(build("tiny-mamba")[0], importance="oracle")
+
+
+def test_load_subnet_rejects_foreign_folders_and_wrong_shapes(tmp_path):
+    with pytest.raises(ValueError, match="not written by osf"):
+        osf.load_subnet(tmp_path)
+    sn, *_ = built("tiny-mamba")
+    sub = sn.extract(sn.space.sample(2))
+    osf.save_subnet(sub, tmp_path / "s")
+    meta = json.loads((tmp_path / "s" / "osf_subnet.json").read_text())
+    name = "backbone.layers.0.mixer.A_log"
+    meta["shapes"][name] = [meta["shapes"][name][0], meta["shapes"][name][1] + 1]
+    (tmp_path / "s" / "osf_subnet.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="A_log"):
+        osf.load_subnet(tmp_path / "s")
+    with pytest.raises(ValueError, match="not extracted by osf"):
+        osf.save_subnet(copy.deepcopy(build("mlp")[0]), tmp_path / "x")
