@@ -103,14 +103,16 @@ def _check_all_from_supernet(sub: nn.Module, sn: "Supernet", cfg: Config, droppe
 
 
 def _get_renumbered(sub: nn.Module, sn: "Supernet", name: str, dropped: list[str]) -> torch.Tensor:
+    return get_tensor(sub, renumber(sn, name, dropped))
+
+
+def renumber(sn: "Supernet", name: str, dropped: list[str]) -> str:
+    """Where ``name`` (a module or tensor path of the full model) sits once ``dropped`` are gone."""
     for stack, blocks in sn.ir.stacks.items():
         prefix = f"{stack}." if stack else ""
         if name.startswith(prefix):
-            rest = name[len(prefix):]
-            idx, _, tail = rest.partition(".")
+            idx, _, tail = name[len(prefix):].partition(".")
             if idx.isdigit():
                 removed = sum(1 for b in blocks if b.name in dropped and b.index < int(idx))
-                name = f"{prefix}{int(idx) - removed}.{tail}"
-                break
-    return get_tensor(sub, name)
-
+                return f"{prefix}{int(idx) - removed}" + (f".{tail}" if tail else "")
+    return name

@@ -33,7 +33,14 @@ def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[
     """Update ``sub.config`` for ``cfg``; True when the config alone rebuilds the subnet."""
     config = sub.config
     _update_depth(sub, sn, config, dropped)
+    from osf.elastic.extract import renumber
+
     target = {k: tuple(v.shape) for k, v in sub.state_dict().items()}
+    recorded = []  # (module path in sub, attribute): sizes the forward pass reads
+    for a in sn.ir.attrs:
+        if not any(a.module == d or a.module.startswith(d + ".") for d in dropped):
+            path = renumber(sn, a.module, dropped)
+            recorded.append((path, a.attr, getattr(sub.get_submodule(path) if path else sub, a.attr)))
     by_size: dict[int, set[int]] = {}
     for d in sn.ir.dims.values():
         by_size.setdefault(d.size, set()).add(cfg[d.name])
@@ -52,7 +59,7 @@ def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[
                     new = by_size.get(v)
                     if new and len(new) == 1 and next(iter(new)) != v:
                         candidates.append((c, field, i, next(iter(new))))
-    best = _mismatches(sub, config, target)
+    best = _mismatches(sub, config, target, recorded)
     pending = list(candidates)
     while pending and best:  # fields interact (x_proj is rank + 2 * state): retry until stable
         still = []
@@ -61,8 +68,12 @@ def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[
             trial = list(old) if index is not None else new
             if index is not None:
                 trial[index] = new
-            setattr(c, field, trial)
-            score = _mismatches(sub, config, target)
+            try:
+                setattr(c, field, trial)
+            except Exception:  # a config class that validates on assignment
+                still.append((c, field, index, new))
+                continue
+            score = _mismatches(sub, config, target, recorded)
             if score < best:
                 best = score
             else:
@@ -71,7 +82,26 @@ def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[
         if len(still) == len(pending):
             break
         pending = still
+    if best == 0:
+        _refresh_stale_attributes(sub, config)
     return best == 0
+
+
+def _refresh_stale_attributes(sub: nn.Module, config: Any) -> None:
+    """Int attributes the forward never reads (``mixer.hidden_size``...) as the class would set them."""
+    with torch.device("meta"):
+        built = type(sub)(copy.deepcopy(config))
+    built_modules = dict(built.named_modules())
+    for name, mod in sub.named_modules():
+        other = built_modules.get(name)
+        if other is None:
+            continue
+        for key, value in list(vars(mod).items()):
+            if key.startswith("_") or isinstance(value, bool) or not isinstance(value, int):
+                continue
+            new = getattr(other, key, None)
+            if isinstance(new, int) and not isinstance(new, bool) and new != value:
+                setattr(mod, key, new)
 
 
 def _update_depth(sub: nn.Module, sn: "Supernet", config: Any, dropped: list[str]) -> None:
@@ -98,7 +128,7 @@ def _update_depth(sub: nn.Module, sn: "Supernet", config: Any, dropped: list[str
             config.depths = depths
 
 
-def _mismatches(sub: nn.Module, config: Any, target: dict[str, tuple]) -> int:
+def _mismatches(sub: nn.Module, config: Any, target: dict[str, tuple], recorded: list[tuple]) -> int:
     try:
         trial = copy.deepcopy(config)
         for _, c in _configs(trial):
@@ -107,7 +137,15 @@ def _mismatches(sub: nn.Module, config: Any, target: dict[str, tuple]) -> int:
         with torch.device("meta"):
             built = type(sub)(trial)
     except Exception:
-        return len(target) + 1
+        return 1 << 30  # never better than a config that builds
     shapes = {k: tuple(v.shape) for k, v in built.state_dict().items()}
     bad = sum(1 for k, s in target.items() if shapes.get(k) != s)
-    return bad + sum(1 for k in shapes if k not in target)
+    bad += sum(1 for k in shapes if k not in target)
+    # equal shapes are not enough (4 heads of 12 and 3 heads of 16 look alike): the sizes
+    # the forward pass reads from module attributes must agree too
+    built_modules = dict(built.named_modules())
+    for path, attr, value in recorded:
+        other = built_modules.get(path)
+        if other is None or getattr(other, attr, None) != value:
+            bad += 1
+    return bad
