@@ -27,9 +27,10 @@ def magnitude_importance(ir: IR, model: nn.Module | None = None) -> dict[str, to
     for dim in ir.dims.values():
         total = torch.zeros(dim.size, dtype=torch.float64)
         for m in dim.members:
-            t = get_tensor(model, m.tensor).detach().double()
+            t = get_tensor(model, m.tensor).detach()
             other = [a for a in range(t.dim()) if a != m.axis]
-            norms = t.pow(2).sum(dim=other) if other else t.pow(2)
+            # a reduction kernel: no full-size temporary, even for an embedding matrix
+            norms = torch.linalg.vector_norm(t, dim=other).double().pow(2) if other else t.double().pow(2)
             norms = norms / max(1, t.numel() // t.shape[m.axis])  # members weigh alike
             labels = channel_labels(ir, m.tensor, m.axis, dim.name)
             keep = labels >= 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy as copy_module
 import math
+from collections import OrderedDict
 from typing import Any, Iterable, Iterator, Mapping
 
 import torch
@@ -77,6 +78,10 @@ class Supernet:
             if dims:
                 self._tensor_dims[name] = dims
         self._views: dict[tuple, torch.Tensor] = {}
+        self._gathered: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._gathered_bytes = 0
+        # gathered slices are copies: cache at most half the model's size of them
+        self._gathered_budget = sum(t.numel() * t.element_size() for t in self._full.values()) // 2
         self._layers: dict[str, nn.Module] = {b.name: model.get_submodule(b.name) for b in ir.blocks}
         self._skips: dict[str, SkipBlock] = {}
         self._block_index = {b.name: b for b in ir.blocks}
@@ -146,6 +151,10 @@ class Supernet:
         """
         cache_key = (name, key)
         view = self._views.get(cache_key)
+        if view is None:
+            view = self._gathered.get(cache_key)
+            if view is not None:
+                self._gathered.move_to_end(cache_key)
         if view is not None:
             return view
         full = self._full[name]
@@ -164,6 +173,12 @@ class Supernet:
             view = nn.Parameter(view, requires_grad=full.requires_grad)
         if not gathered:
             self._views[cache_key] = view
+        else:  # copies (both halves of a fused projection) are kept within a memory budget
+            self._gathered[cache_key] = view
+            self._gathered_bytes += view.numel() * view.element_size()
+            while self._gathered_bytes > self._gathered_budget and len(self._gathered) > 1:
+                _, old = self._gathered.popitem(last=False)
+                self._gathered_bytes -= old.numel() * old.element_size()
         return view
 
     def _install(self, name: str, tensor: torch.Tensor) -> None:
@@ -253,6 +268,25 @@ def _narrow_or_gather(t: torch.Tensor, axis: int, pos: torch.Tensor) -> tuple[to
     return t.index_select(axis, pos.to(t.device)), True
 
 
+def _first_samples(inputs: Any, n: int = 1, max_tokens: int = 16) -> Any:
+    """The analysis needs no big batch nor long text: trace on the first sample and, for
+    token ids, the first tokens (activation memory while tracing stays small)."""
+    def cut(t):
+        if not isinstance(t, torch.Tensor) or t.dim() == 0:
+            return t
+        t = t[:n]
+        if t.dim() == 2 and not t.is_floating_point() and t.shape[1] > max_tokens:
+            t = t[:, -max_tokens:]  # keep the end: text towers pool at the last token
+        return t
+    if isinstance(inputs, torch.Tensor):
+        return cut(inputs)
+    if isinstance(inputs, Mapping):
+        return {k: cut(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(cut(v) for v in inputs)
+    return inputs
+
+
 def build_space(ir: IR, block_order: list[str] | None = None, depth: bool = True) -> SearchSpace:
     """The default space: :func:`default_choices` per dim; stacks may drop up to half."""
     dims = {d.name: default_choices(d.size, d.kind) for d in ir.dims.values()}
@@ -294,7 +328,7 @@ def supernet(model: nn.Module, example_inputs: Any = None, *, space: Any = None,
     if example_inputs is None:
         example_inputs = default_inputs(model)
     with eval_mode(model):
-        ir = analyze(model, example_inputs)
+        ir = analyze(model, _first_samples(example_inputs))
         if not ir.dims and not ir.blocks:
             raise ValueError(f"{type(model).__name__} has no elastic dims and no droppable blocks: "
                              "nothing to search (see `osf inspect` for why)")

@@ -42,7 +42,19 @@ def permute_dims(ir: IR, perms: Mapping[str, torch.Tensor], model: nn.Module | N
         for axis, _ in enumerate(vars_):
             pos = ir.positions(name, axis, dict(perms))
             if pos is not None:
-                t.copy_(t.index_select(axis, pos.to(t.device)))
+                _permute_in_chunks(t, axis, pos.to(t.device))
+
+
+def _permute_in_chunks(t: torch.Tensor, axis: int, pos: torch.Tensor, chunk_elems: int = 1 << 22) -> None:
+    """``t[..., pos, ...]`` in place, through temporaries of at most ``chunk_elems``."""
+    if t.numel() <= chunk_elems or t.dim() == 1:
+        t.copy_(t.index_select(axis, pos))
+        return
+    other = max((a for a in range(t.dim()) if a != axis), key=lambda a: t.shape[a])
+    step = max(1, chunk_elems // (t.numel() // t.shape[other]))
+    for start in range(0, t.shape[other], step):
+        part = t.narrow(other, start, min(step, t.shape[other] - start))
+        part.copy_(part.index_select(axis, pos))
 
 
 def slice_tensors(ir: IR, sizes: Mapping[str, int], model: nn.Module) -> dict[str, torch.Tensor]:

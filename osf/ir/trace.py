@@ -21,6 +21,7 @@ import operator
 import os
 import sys
 import traceback
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -237,7 +238,7 @@ class Tracer:
         self.state = _State()
         self.recording = False
         self.env: dict[int, fx.Node] = {}  # id(tensor) -> node producing it
-        self.keep: list[Any] = []  # keeps recorded tensors alive so ids stay unique
+        self.watchers: dict[int, weakref.ref] = {}  # forget a tensor's node when it dies (ids get reused)
         self.param_names: dict[int, str] = {}
         for name, p in root.named_parameters(remove_duplicate=True):
             self.param_names.setdefault(id(p), name)
@@ -280,8 +281,7 @@ class Tracer:
             node = self.graph.get_attr(name)
             node.meta["constant"] = True
         self._meta(node, t)
-        self.env[id(t)] = node
-        self.keep.append(t)
+        self._bind(t, node)
         return node
 
     def to_arg(self, obj: Any) -> Any:
@@ -302,6 +302,18 @@ class Tracer:
             return tuple(int(s) for s in obj)
         return obj
 
+    def _bind(self, t: torch.Tensor, node: fx.Node) -> None:
+        key = id(t)
+        self.env[key] = node
+        if key not in self.watchers:
+            env, watchers = self.env, self.watchers
+
+            def forget(_ref, key=key):
+                env.pop(key, None)
+                watchers.pop(key, None)
+
+            self.watchers[key] = weakref.ref(t, forget)
+
     def concrete(self, obj: Any) -> Any:
         """``obj`` with tracked ints as plain ints and tensors as their nodes."""
         if isinstance(obj, torch.Tensor):
@@ -318,8 +330,7 @@ class Tracer:
     def bind_output(self, node: fx.Node, out: Any) -> Any:
         """Map the produced tensors (and sizes) to ``node``; returns what the caller sees."""
         if isinstance(out, torch.Tensor):
-            self.env[id(out)] = node
-            self.keep.append(out)
+            self._bind(out, node)
             return out
         if isinstance(out, torch.Size):
             src = node.args[0]
