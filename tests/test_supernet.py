@@ -109,12 +109,15 @@ def test_save_load_round_trip_is_exact_for_per_layer_configs(name, tmp_path):
     sn, args, kwargs, _ = built(name)
     cfg = sn.space.sample(11)
     sub = sn.extract(cfg)
-    osf.save_subnet(sub, tmp_path)
-    loaded = osf.load_subnet(tmp_path)
-    a, b = run(sub, args, kwargs), run(loaded, args, kwargs)
-    for k in a:
-        assert torch.equal(a[k], b[k])
-    assert json.loads((tmp_path / "osf_subnet.json").read_text())["config"] == cfg
+    osf.save_subnet(sub, tmp_path / "a")
+    sub.save_pretrained(tmp_path / "b")  # the plain HF way keeps per-layer sizes too
+    for folder in ("a", "b"):
+        loaded = osf.load_subnet(tmp_path / folder)
+        assert all(torch.equal(x, y) for x, y in zip(sub.state_dict().values(), loaded.state_dict().values()))
+        a, b = run(sub, args, kwargs), run(loaded, args, kwargs)
+        for k in a:
+            assert rel_err(b[k], a[k]) < 1e-6
+        assert json.loads((tmp_path / folder / "osf_subnet.json").read_text())["config"] == cfg
     sn.set_config(sn.space.largest())
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import types
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -50,7 +51,21 @@ def extract(sn: "Supernet", cfg: Config) -> nn.Module:
 
         meta["config_expresses_subnet"] = update_hf_config(sub, sn, cfg, dropped)
     setattr(sub, META_ATTR, meta)
+    if hasattr(sub, "save_pretrained"):
+        sub.save_pretrained = types.MethodType(_save_pretrained_with_meta, sub)
     return sub
+
+
+def _save_pretrained_with_meta(self: nn.Module, save_directory, *args, **kwargs):
+    """``save_pretrained`` that also writes the subnet description, so per-layer sizes survive
+    (:func:`osf.load_subnet` reads the folder back; push_to_hub goes through here too)."""
+    import json
+    from pathlib import Path
+
+    kwargs.setdefault("save_original_format", False)
+    out = type(self).save_pretrained(self, save_directory, *args, **kwargs)
+    Path(save_directory, "osf_subnet.json").write_text(json.dumps(getattr(self, META_ATTR), indent=2, default=str))
+    return out
 
 
 def _changed_shapes(sn: "Supernet", cfg: Config) -> dict[str, list[int]]:

@@ -33,7 +33,7 @@ def save_subnet(model: nn.Module, path: str | Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "save_pretrained"):
         # current tensor names, so osf can read them back without transformers' renaming
-        model.save_pretrained(path, save_original_format=False)
+        type(model).save_pretrained(model, path, save_original_format=False)
     else:
         save_model(model, str(path / WEIGHTS_FILE))  # stores tied tensors once
     (path / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
