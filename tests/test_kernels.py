@@ -378,16 +378,17 @@ def test_mamba_train_logits_and_grads_match(kernel_calls):
         assert_close(grads[n], ref_grads[n], 1e-4, f"grad {n}")
 
 
-def test_mamba_generate_with_cache_matches(kernel_calls):
+@pytest.mark.parametrize("prompt_len", [2, 6])  # shorter and longer than the conv kernel (4)
+def test_mamba_generate_with_cache_matches(kernel_calls, prompt_len):
     from osf.kernels.mamba import patch_mamba
     model = _tiny_mamba(2).eval()
-    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(0, 64, (2, prompt_len), generator=torch.Generator().manual_seed(2))
     kw = dict(max_new_tokens=10, do_sample=False, return_dict_in_generate=True, output_logits=True,
               attention_mask=torch.ones_like(ids))
     ref = model.generate(ids, **kw)
     with patch_mamba(model):
         out = model.generate(ids, **kw)
-    assert out.sequences.shape == (2, 16)
+    assert out.sequences.shape == (2, prompt_len + 10)
     assert torch.equal(out.sequences, ref.sequences)
     for a, b in zip(out.logits, ref.logits):
         assert_close(a, b, 1e-5, "step logits")
@@ -404,21 +405,21 @@ def test_mixer_forward_with_sliced_weights_matches_smaller_mixer():
     torch.manual_seed(3)
     big_cfg = MambaConfig(hidden_size=16, state_size=8, intermediate_size=32, time_step_rank=4)
     big = MambaMixer(big_cfg, layer_idx=0)
-    k, n = 20, 5
-    small = MambaMixer(MambaConfig(hidden_size=16, state_size=n, intermediate_size=k, time_step_rank=4), 0)
+    k, n, r = 20, 5, 3  # d_inner, d_state, dt_rank of the slice
+    small = MambaMixer(MambaConfig(hidden_size=16, state_size=n, intermediate_size=k, time_step_rank=r), 0)
     P = torch.nn.Parameter
     with torch.no_grad():
         W = big.in_proj.weight
         xp = big.x_proj.weight
         sliced = dict(
             in_proj=torch.cat([W[:k], W[32:32 + k]]),
-            x_proj=torch.cat([xp[:4, :k], xp[4:4 + n, :k], xp[4 + 8:4 + 8 + n, :k]]),
+            x_proj=torch.cat([xp[:r, :k], xp[4:4 + n, :k], xp[4 + 8:4 + 8 + n, :k]]),
         )
         big.in_proj.weight = P(sliced["in_proj"])
         big.x_proj.weight = P(sliced["x_proj"])
         big.conv1d.weight = P(big.conv1d.weight[:k].clone())
         big.conv1d.bias = P(big.conv1d.bias[:k].clone())
-        big.dt_proj.weight = P(big.dt_proj.weight[:k].clone())
+        big.dt_proj.weight = P(big.dt_proj.weight[:k, :r].clone())
         big.dt_proj.bias = P(big.dt_proj.bias[:k].clone())
         big.A_log = P(big.A_log[:k, :n].clone())
         big.D = P(big.D[:k].clone())
@@ -428,7 +429,7 @@ def test_mixer_forward_with_sliced_weights_matches_smaller_mixer():
     with torch.no_grad():
         assert_close(mamba_mixer_forward(big, h), small(h), 1e-5, "sliced mixer")
     with pytest.raises(ValueError, match="dt_proj.weight shape"):
-        big.dt_proj.weight = P(torch.randn(k + 1, 4))
+        big.dt_proj.weight = P(torch.randn(k + 1, r))
         mamba_mixer_forward(big, h)
 
 
