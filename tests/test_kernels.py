@@ -99,6 +99,13 @@ def test_chunked_matches_reference(case, chunk):
     compare(chunked.selective_scan, ins, sp, 1e-10, chunk_size=chunk)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_chunked_no_grad_matches_reference(case):
+    b, d, n, L, g, D, z, bias, sp = case
+    ins = make_inputs(b, d, n, L, g, D=D, z=z, bias=bias, softplus=sp, seed=7)
+    compare(chunked.selective_scan, ins, sp, 1e-10, grad=False, chunk_size=4)
+
+
 def test_chunked_float32_long_sequence_public_api():
     ins = make_inputs(2, 8, 16, 150, groups=2, dtype=torch.float32, seed=3)
     compare(lambda **kw: K.selective_scan(**kw, backend="chunked"), ins, True, 2e-5)
