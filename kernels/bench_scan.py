@@ -3,8 +3,8 @@
 CPU: osf `chunked` vs transformers' own fallback scan (`mamba_selective_scan`, the path HF Mamba
 takes without mamba_ssm) vs the osf sequential `reference`, forward and forward+backward.
 Every case runs in its own subprocess: time is the median wall time of the repeats, memory is the
-increase of that process's peak RSS (ru_maxrss) across the first call, i.e. what the call added
-on top of its inputs (honest for CPU tensors; includes allocator slack).
+increase of that process's peak RSS (ru_maxrss) across the first timed call, after a tiny warm-up
+call, i.e. what the call added on top of its inputs (CPU tensors only; includes allocator slack).
 GPU (only when CUDA is available): triton vs cuda (mamba_ssm) vs chunked, full size and a 50%
 d_inner prefix view.
 
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # run from a checkout without installing
 # (method, mode) pairs whose backward is quadratic in L (autograd of per-step slicing of (b, d, L, n)
 # tensors): at the largest L they would run for far more than 30 minutes, so they are skipped.
 SLOW = {("transformers", "fwd+bwd"): 1024, ("reference", "fwd+bwd"): 1024}
@@ -63,8 +64,9 @@ def call(fn, ins, grad):
 def worker(method, mode, L, batch, dim, n, repeats, threads):
     """Runs in a subprocess: prints one JSON line {ms, peak_mb}."""
     torch.set_num_threads(threads)
-    ins = make_inputs(batch, dim, n, L)
     fn = scan_fn(method)
+    call(fn, make_inputs(2, 8, n, 8), mode == "fwd+bwd")  # one-time costs (lazy imports, autograd engine)
+    ins = make_inputs(batch, dim, n, L)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     for _ in range(repeats):

@@ -105,10 +105,15 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     h = u.new_zeros(batch, groups, per, n, dtype=ct)
     grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, delta_bias))
+    bounds = chunk_bounds(d, Af, chunk_size)
+    sizes = [e - s for s, e in bounds]
+    # One split per input: its backward is a single cat, where per-chunk slicing would
+    # allocate a full-length zero gradient for every chunk.
+    pieces = zip(*(torch.split(t, sizes, dim=-1) for t in (ug, dg, Bg, Cg)))
     ys = []
-    for s, e in chunk_bounds(d, Af, chunk_size):
+    for (u_c, d_c, B_c, C_c), size in zip(pieces, sizes):
         # the clamp only matters for a lone step whose decay alone exceeds the safe range
-        args = (ug[..., s:e], dg[..., s:e], Ag, Bg[..., s:e], Cg[..., s:e], h, e - s == 1)
+        args = (u_c, d_c, Ag, B_c, C_c, h, size == 1)
         if not grad:
             y, h = _chunk_no_grad(*args)
         elif use_checkpoint:
