@@ -136,6 +136,16 @@ def test_chunked_stable_under_large_decay():
     assert_close(h, h0, 1e-5, "last state")
 
 
+def test_chunked_float32_grads_near_the_safe_range():
+    # chunks filled up to R_SAFE: exponent factors near e^{+-50}; gradients must stay finite and exact
+    ins = make_inputs(2, 6, 8, 60, dtype=torch.float32, seed=7)
+    ins["A"] = ins["A"] * 6
+    _, _, g = run(chunked.selective_scan, ins, grad=True)
+    _, _, g0 = run(reference.selective_scan, {k: v.double() for k, v in ins.items()}, grad=True)
+    for k in g0:
+        assert_close(g[k], g0[k], 1e-5, f"grad {k}")
+
+
 def test_chunk_bounds_respect_limit():
     delta = torch.rand(2, 5, 300) * 3
     A = -torch.rand(5, 4) * 8
