@@ -11,6 +11,7 @@ intermediates plus the (batch, d_inner, d_state) states between chunks.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
@@ -86,8 +87,9 @@ def _chunk_no_grad(u, delta, A, B, C, h0, clamp: bool = True):
     return y, last
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, chunk_size: int = DEFAULT_CHUNK, use_checkpoint: bool = True):
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                   z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                   return_last_state: bool = False, chunk_size: int = DEFAULT_CHUNK, use_checkpoint: bool = True) -> Tensor | tuple[Tensor, Tensor]:
     """Chunked scan with mamba_ssm's ``selective_scan_fn`` semantics (see osf.kernels.selective_scan)."""
     ct = compute_dtype(u.dtype)
     batch, dim, length = u.shape
@@ -126,7 +128,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return (y, h.reshape(batch, dim, n)) if return_last_state else y
 
 
-def causal_conv1d(x, weight, bias=None, activation=None):
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
     """Depthwise causal conv through F.conv1d (left padding width-1)."""
     width = weight.shape[1]
     out = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1).to(x.dtype),
@@ -134,11 +136,14 @@ def causal_conv1d(x, weight, bias=None, activation=None):
     return F.silu(out) if activation in ("silu", "swish") else out
 
 
-def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
+def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None,
+                         activation: str | None = None) -> Tensor:
     """Decode-step conv; the reference is already vectorised (no time loop)."""
     return reference.causal_conv1d_update(x, conv_state, weight, bias, activation)
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                           D: Tensor | None = None, z: Tensor | None = None, dt_bias: Tensor | None = None,
+                           dt_softplus: bool = False) -> Tensor:
     """Decode-step scan; the reference is already vectorised (no time loop)."""
     return reference.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 try:  # optional: these packages build only with CUDA
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _scan_fn
@@ -22,26 +23,30 @@ def is_available(device: torch.device) -> bool:
     return device.type == "cuda" and _scan_fn is not None and _conv_fn is not None
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False):
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                   z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                   return_last_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     return _scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
-def causal_conv1d(x, weight, bias=None, activation=None):
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
     if weight.shape[1] not in (2, 3, 4):  # the fused kernel supports widths 2-4 only
         from osf.kernels import chunked
         return chunked.causal_conv1d(x, weight, bias, activation)
     return _conv_fn(x, weight, bias, activation=activation)
 
 
-def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
+def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None,
+                         activation: str | None = None) -> Tensor:
     if weight.shape[1] not in (2, 3, 4):
         from osf.kernels import reference
         return reference.causal_conv1d_update(x, conv_state, weight, bias, activation)
     return _conv_update(x, conv_state, weight, bias, activation)
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                           D: Tensor | None = None, z: Tensor | None = None, dt_bias: Tensor | None = None,
+                           dt_softplus: bool = False) -> Tensor:
     if _state_update is None:
         from osf.kernels import reference
         return reference.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

@@ -5,6 +5,7 @@ Slow (a Python loop over time) but simple; computes in float64 when given float6
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 import torch.nn.functional as F
 
 
@@ -20,14 +21,14 @@ def expand_groups(M: torch.Tensor, dim: int) -> torch.Tensor:
     return M.repeat_interleave(dim // M.shape[1], dim=1)
 
 
-def prepare_delta(delta, delta_bias, delta_softplus: bool, dtype: torch.dtype) -> torch.Tensor:
+def prepare_delta(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool, dtype: torch.dtype) -> Tensor:
     delta = delta.to(dtype)
     if delta_bias is not None:
         delta = delta + delta_bias.to(dtype)[:, None]
     return F.softplus(delta) if delta_softplus else delta
 
 
-def finish(y, u, D, z, dtype):
+def finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None, dtype: torch.dtype) -> Tensor:
     """Skip connection D*u and gate y * silu(z), shared by the PyTorch backends."""
     if D is not None:
         y = y + u.to(dtype) * D.to(dtype)[:, None]
@@ -36,8 +37,9 @@ def finish(y, u, D, z, dtype):
     return y
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False):
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                   z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                   return_last_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t;  y_t = <C_t, h_t> (+ D u_t) (* silu(z_t))."""
     ct = compute_dtype(u.dtype)
     dim = u.shape[1]
@@ -59,7 +61,7 @@ def _act(out, activation):
     return F.silu(out) if activation in ("silu", "swish") else out
 
 
-def causal_conv1d(x, weight, bias=None, activation=None):
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
     """Depthwise causal conv as an explicit sum of shifted inputs (no F.conv1d, so it checks it)."""
     ct = compute_dtype(x.dtype)
     width, length = weight.shape[1], x.shape[2]
@@ -70,7 +72,8 @@ def causal_conv1d(x, weight, bias=None, activation=None):
     return _act(out, activation).to(x.dtype)
 
 
-def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
+def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None,
+                         activation: str | None = None) -> Tensor:
     """One (or a few) decode steps: conv over [conv_state | x]; conv_state is rolled in place."""
     squeeze = x.dim() == 2
     if squeeze:
@@ -82,7 +85,9 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     return out.squeeze(-1) if squeeze else out
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                           D: Tensor | None = None, z: Tensor | None = None, dt_bias: Tensor | None = None,
+                           dt_softplus: bool = False) -> Tensor:
     """One decode step of the scan; updates ``state`` (batch, dim, d_state) in place, returns y (batch, dim)."""
     ct = compute_dtype(state.dtype if state.dtype == torch.float64 else x.dtype)
     dim = state.shape[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch import Tensor
 import triton
 import triton.language as tl
 
@@ -126,8 +127,9 @@ class _TritonScan(torch.autograd.Function):
         return (*result, None)
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False):
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                   z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                   return_last_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Triton forward, chunked-recompute backward; mamba_ssm ``selective_scan_fn`` semantics."""
     y, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
     return (y, last) if return_last_state else y
