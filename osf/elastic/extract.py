@@ -32,6 +32,9 @@ def extract(sn: "Supernet", cfg: Config) -> nn.Module:
         sub = copy.deepcopy(sn.model, memo)
     dropped = [b.name for b in sn.ir.blocks if not cfg.get(b.name, True)]
     _remove_blocks(sub, sn, dropped)
+    from osf.kernels.mamba import unpatch_mamba
+
+    unpatch_mamba(sub)  # a plain model of its class: patch it again with osf.kernels.mamba.patch_mamba
     _check_all_from_supernet(sub, sn, cfg, dropped)
     meta = {
         "format": 1,

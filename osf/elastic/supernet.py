@@ -241,11 +241,18 @@ class Supernet:
 
         from osf.ir.trace import normalize_inputs
 
+        from osf.kernels.mamba import patch_mamba, unpatch_mamba
+
         args, kwargs = normalize_inputs(inputs if inputs is not None else self.example_inputs)
-        with self.use(cfg if cfg is not None else self.config), eval_mode(self.model):
-            counter = FlopCounterMode(display=False)
-            with counter:
-                self.model(*args, **kwargs)
+        patched = unpatch_mamba(self.model)  # count the model's own computation, whatever scan runs it
+        try:
+            with self.use(cfg if cfg is not None else self.config), eval_mode(self.model):
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    self.model(*args, **kwargs)
+        finally:
+            if patched:
+                patch_mamba(self.model)
         return counter.get_total_flops() // 2
 
     # -------------------------------------------------------------- extraction
@@ -266,6 +273,13 @@ def _narrow_or_gather(t: torch.Tensor, axis: int, pos: torch.Tensor) -> tuple[to
     if n and int(pos[0]) == 0 and int(pos[-1]) == n - 1:
         return t.narrow(axis, 0, n), False  # a prefix is a plain view: no copy
     return t.index_select(axis, pos.to(t.device)), True
+
+
+def _use_osf_kernels(model: nn.Module) -> None:
+    from osf.kernels.mamba import _is_mamba_mixer, patch_mamba
+
+    if any(_is_mamba_mixer(m) and not getattr(m, "_osf_kernels_patched", False) for m in model.modules()):
+        patch_mamba(model)
 
 
 def _first_samples(inputs: Any, n: int = 1, max_tokens: int = 16) -> Any:
@@ -303,7 +317,8 @@ def build_space(ir: IR, block_order: list[str] | None = None, depth: bool = True
 
 
 def supernet(model: nn.Module, example_inputs: Any = None, *, space: Any = None, importance: str = "magnitude",
-             calibration: Iterable[Any] | None = None, depth: bool = True, copy: bool = False) -> Supernet:
+             calibration: Iterable[Any] | None = None, depth: bool = True, copy: bool = False,
+             kernels: bool = True) -> Supernet:
     """Turn ``model`` into a weight-sharing supernet, in place.
 
     Args:
@@ -315,6 +330,8 @@ def supernet(model: nn.Module, example_inputs: Any = None, *, space: Any = None,
         calibration: an iterable of model inputs for activation and block importance.
         depth: make residual layers droppable (keeping at least half of each stack).
         copy: build on a deep copy and leave ``model`` untouched.
+        kernels: run Hugging Face Mamba mixers through :mod:`osf.kernels` (the fused CUDA
+            scan when ``mamba_ssm`` is present, OSF's own scans otherwise).
 
     Returns:
         A :class:`Supernet` whose largest config is the original model.
@@ -337,6 +354,8 @@ def supernet(model: nn.Module, example_inputs: Any = None, *, space: Any = None,
                   else magnitude_importance(ir, model))
         permute_dims(ir, {d: torch.argsort(s, descending=True, stable=True) for d, s in scores.items()})
         block_scores = block_importance(ir, calibration or [example_inputs], model) if ir.blocks else {}
+    if kernels:
+        _use_osf_kernels(model)
     order = sorted(block_scores, key=lambda b: block_scores[b])
     space_obj = build_space(ir, order, depth=depth)
     if space is not None:
