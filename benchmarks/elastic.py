@@ -101,6 +101,10 @@ def main() -> None:
         for label, cfg in configs:
             sn.set_config(cfg)
             sub = sn.extract(cfg)
+            if name == "mamba":  # same scan kernels on both sides
+                from osf.kernels.mamba import patch_mamba
+
+                patch_mamba(sub)
             with torch.no_grad():
                 t_sn, t_sub = timed_pair(lambda: sn(**inputs), lambda: sub(**inputs), repeats)
             fwd.add_row(name, label, f"{sn.num_params(cfg) / 1e6:.1f}M", f"{t_sn * 1e3:.1f}", f"{t_sub * 1e3:.1f}",
