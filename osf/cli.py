@@ -8,3 +8,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="OSF: Optimiz
 
 def main() -> None:
     app()
+
+
+from osf.search.cli import register as _register_search  # noqa: E402
+
+_register_search(app)

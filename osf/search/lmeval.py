@@ -22,6 +22,27 @@ def _offline() -> bool:
         os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
 
 
+def check_tasks(names: Sequence[str], include_path: str | Path | Sequence[str | Path] | None = None) -> Any:
+    """Check lm-eval task names (suggesting close ones); return the ``TaskManager``."""
+    from lm_eval.tasks import TaskManager
+
+    if not names:
+        raise ValueError("no lm-eval task given")
+    paths = None
+    if include_path is not None:
+        paths = [str(p) for p in ([include_path] if isinstance(include_path, (str, Path)) else include_path)]
+        for p in paths:
+            if not Path(p).is_dir():
+                raise FileNotFoundError(f"--include-path {p!r} is not a folder of task YAML files")
+    tm = TaskManager(include_path=paths)
+    known = tm.all_tasks
+    for t in names:
+        if t not in known:
+            hint = "" if paths else " (local tasks need --include-path DIR)"
+            raise ValueError(f"unknown lm-eval task {t!r}{_suggest(t, known)}{hint}")
+    return tm
+
+
 class LMEval:
     """An lm-eval task score of the model it is called with (higher is better).
 
@@ -47,23 +68,8 @@ class LMEval:
     def __init__(self, tasks: str | Sequence[str], tokenizer: Any, limit: int | float | None = None, num_fewshot: int = 0,
                  batch_size: int = 16, include_path: str | Path | Sequence[str | Path] | None = None,
                  metric: str | None = None, device: str | None = None):
-        from lm_eval.tasks import TaskManager
-
         self.task_names = [tasks] if isinstance(tasks, str) else list(tasks)
-        if not self.task_names:
-            raise ValueError("LMEval needs at least one task name")
-        paths = None
-        if include_path is not None:
-            paths = [str(p) for p in ([include_path] if isinstance(include_path, (str, Path)) else include_path)]
-            for p in paths:
-                if not Path(p).is_dir():
-                    raise FileNotFoundError(f"--include-path {p!r} is not a folder of task YAML files")
-        self.task_manager = TaskManager(include_path=paths)
-        known = self.task_manager.all_tasks
-        for t in self.task_names:
-            if t not in known:
-                hint = "" if paths else " (local tasks need --include-path DIR)"
-                raise ValueError(f"unknown lm-eval task {t!r}{_suggest(t, known)}{hint}")
+        self.task_manager = check_tasks(self.task_names, include_path)
         if isinstance(tokenizer, (str, Path)):
             from transformers import AutoTokenizer
 

@@ -92,8 +92,8 @@ def search(
         timeout: stop starting new trials after this many seconds.
         run_dir: where the study and the result files go.
         example_inputs: model inputs for MACs/latency (else ``evaluator.example_inputs()``).
-        evaluate_infeasible: also score configs over budget (costs time; by default they
-            get score ``-inf`` and only their costs are recorded).
+        evaluate_infeasible: also score configs over budget (costs time). By default they
+            are not scored: the sampler sees ``-inf``, the trials table NaN.
 
     Raises:
         ValueError: bad arguments, or a budget that even the smallest config breaks.
