@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import socket
 import threading
 import time
@@ -35,12 +36,24 @@ def make_storage(storage: str | optuna.storages.BaseStorage | None, run_dir: str
             path = Path(storage)  # a journal file path
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
-        return RDBStorage(str(storage), engine_kwargs=_engine_kwargs(str(storage)))
+        return _rdb(str(storage))
     if run_dir is None:
         return optuna.storages.InMemoryStorage()
     path = Path(run_dir) / JOURNAL_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+
+
+def _rdb(url: str, tries: int = 10) -> RDBStorage:
+    # workers started together race to create the schema of a new database: retry
+    for i in range(tries):
+        try:
+            return RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        except Exception:
+            if i == tries - 1:
+                raise
+            time.sleep(0.2 * (i + 1) + random.random() * 0.3)
+    raise AssertionError("unreachable")
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
