@@ -13,7 +13,6 @@ Splits are explicit: the default is the evaluation split (``test``, or ``val`` /
 """
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ def load_image_dataset(spec: str, split: str | None = None, limit: int | None = 
     path = Path(spec)
     if path.is_dir():
         return _saved_dataset(path, split, limit, size)
-    if os.sep in spec or spec.startswith("."):
+    if spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
         raise FileNotFoundError(f"image data folder {spec!r} does not exist")
     return _hub_dataset(spec, split, limit, size)
 

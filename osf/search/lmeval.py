@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import os
 from pathlib import Path
@@ -22,10 +23,15 @@ def _offline() -> bool:
         os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
 
 
-def check_tasks(names: Sequence[str], include_path: str | Path | Sequence[str | Path] | None = None) -> Any:
-    """Check lm-eval task names (suggesting close ones); return the ``TaskManager``."""
+@functools.lru_cache(maxsize=8)
+def _task_manager(paths: tuple[str, ...] | None) -> Any:
     from lm_eval.tasks import TaskManager
 
+    return TaskManager(include_path=list(paths) if paths else None)  # indexing all tasks takes seconds: reuse
+
+
+def check_tasks(names: Sequence[str], include_path: str | Path | Sequence[str | Path] | None = None) -> Any:
+    """Check lm-eval task names (suggesting close ones); return the ``TaskManager``."""
     if not names:
         raise ValueError("no lm-eval task given")
     paths = None
@@ -34,7 +40,7 @@ def check_tasks(names: Sequence[str], include_path: str | Path | Sequence[str | 
         for p in paths:
             if not Path(p).is_dir():
                 raise FileNotFoundError(f"--include-path {p!r} is not a folder of task YAML files")
-    tm = TaskManager(include_path=paths)
+    tm = _task_manager(tuple(paths) if paths else None)
     known = tm.all_tasks
     for t in names:
         if t not in known:
@@ -86,15 +92,12 @@ class LMEval:
     def tasks(self) -> list[Any]:
         """The task objects (loaded once; task names if they are groups)."""
         if self._tasks is None:
-            from lm_eval.api.task import Task
-            from lm_eval.tasks import get_task_dict
-
             try:
-                loaded = get_task_dict(self.task_names, self.task_manager)
+                loaded = self.task_manager.load(list(self.task_names))
             except Exception as e:  # datasets raise many types for an unreachable hub
                 raise ValueError(self._load_error(e)) from e
-            values = list(loaded.values())
-            self._tasks = values if all(isinstance(v, Task) for v in values) else list(self.task_names)
+            # plain tasks are passed as loaded objects (no reload per trial); groups by name
+            self._tasks = list(loaded["tasks"].values()) if not loaded.get("groups") else list(self.task_names)
         return self._tasks
 
     def _load_error(self, e: Exception) -> str:
