@@ -131,15 +131,16 @@ def train_lm(model, blocks: torch.Tensor, seconds: float = 90.0, batch_size: int
 
 
 def load_or_train(seconds: float = 90.0, cache: str | Path | None = None, show_progress: bool = True,
-                  **config_overrides: Any):
-    """The demo model and tokenizer, trained once and then loaded from ``cache``.
+                  max_steps: int | None = None, **config_overrides: Any):
+    """``(model, tokenizer, train_info)``: trained once, then loaded from ``cache``.
 
-    The cache key includes the training budget and config overrides.
+    The cache key includes the training budget and config overrides; ``train_info``
+    has ``cached`` set when nothing was trained.
     """
     from transformers import MambaForCausalLM, PreTrainedTokenizerFast
 
     root = Path(cache) if cache is not None else cache_dir()
-    key = hashlib.sha1(json.dumps([seconds, config_overrides], sort_keys=True).encode()).hexdigest()[:8]
+    key = hashlib.sha1(json.dumps([seconds, max_steps, config_overrides], sort_keys=True).encode()).hexdigest()[:8]
     model_dir, tok_dir = root / f"model-{key}", root / "tokenizer"
     train, _ = load_corpus()
     if (tok_dir / "tokenizer.json").is_file():
@@ -149,15 +150,68 @@ def load_or_train(seconds: float = 90.0, cache: str | Path | None = None, show_p
     if (model_dir / "config.json").is_file():
         model = MambaForCausalLM.from_pretrained(str(model_dir)).eval()
         info = json.loads((model_dir / "osf_train.json").read_text())
-        return model, tokenizer, info
+        return model, tokenizer, {**info, "cached": True}
     torch.manual_seed(0)
     model = MambaForCausalLM(demo_config(len(tokenizer), **config_overrides))
-    info = train_lm(model, token_blocks(train, tokenizer), seconds=seconds, show_progress=show_progress)
+    info = train_lm(model, token_blocks(train, tokenizer), seconds=seconds, max_steps=max_steps, show_progress=show_progress)
     tmp = root / f".model-{key}.tmp"
     model.save_pretrained(str(tmp))
     (tmp / "osf_train.json").write_text(json.dumps(info))
-    tmp.replace(model_dir)  # atomic: a killed run never leaves a half-written model
-    return model, tokenizer, info
+    if model_dir.exists():  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp)
+    else:
+        tmp.replace(model_dir)  # atomic: a killed run never leaves a half-written model
+    return model, tokenizer, {**info, "cached": False}
+
+
+# --------------------------------------------------------------- the demo
+def run_demo(out_dir: str | Path = "osf-demo", trials: int = 20, train_seconds: float = 90.0, limit: int | None = None,
+             n_passages: int = 100, max_steps: int | None = None, show_progress: bool = True, **config_overrides: Any):
+    """Train (or load) the demo LM, build its supernet, search it, save the best half-size subnet.
+
+    Returns a summary dict (full model score, best subnet under half the parameters,
+    paths). ``train_seconds``/``max_steps``/``limit`` keep tests short.
+    """
+    import osf
+    import osf.search as osf_search
+    from osf.search.lmeval import LMEval
+    from osf.search.tasks import make_lastword_task
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, info = load_or_train(train_seconds, show_progress=show_progress, max_steps=max_steps, **config_overrides)
+    print("model: " + ("loaded from cache" if info.get("cached") else f"trained {info['steps']} steps in {info['seconds']:.0f} s")
+          + f", final train loss {info['loss']:.2f}, {sum(p.numel() for p in model.parameters()):,} parameters")
+    _, held_out = load_corpus()
+    task_dir = out_dir / "task"
+    make_lastword_task(held_out, task_dir, name="osf_demo_lastword", n=n_passages)
+    evaluator = LMEval("osf_demo_lastword", tokenizer, include_path=task_dir, limit=limit, batch_size=32)
+    full_score = evaluator(model)
+    print(f"full model: last-word accuracy {full_score:.3f} on {n_passages if limit is None else limit} held-out passages")
+
+    sn = osf.supernet(model)
+    result = osf_search.search(sn, evaluator, n_trials=trials, run_dir=out_dir / "run", show_progress=show_progress)
+    result.save(out_dir / "run")
+    result.plot_pareto(out_dir / "run" / "pareto.png")
+    print("\nPareto front (score = last-word accuracy):")
+    print(result.table())
+    summary: dict[str, Any] = {"full_score": full_score, "full_params": sn.num_params(sn.space.largest()), "train": info}
+    try:
+        best = result.best(max_params=0.5)
+    except ValueError as e:
+        print(f"\nno subnet under half the parameters was found: {e}")
+        return summary
+    cfg = json.loads(best["config"])
+    sub = sn.extract(cfg)
+    osf.save_subnet(sub, out_dir / "subnet")
+    tokenizer.save_pretrained(str(out_dir / "subnet"))
+    print(f"\nfull model      : score {full_score:.3f}, {summary['full_params']:,} parameters")
+    print(f"best subnet <50%: score {best['score']:.3f}, {int(best['params']):,} parameters "
+          f"(trial {int(best['number'])}) -> {out_dir / 'subnet'}")
+    summary.update(best_score=float(best["score"]), best_params=int(best["params"]), subnet=str(out_dir / "subnet"))
+    return summary
 
 
 # ------------------------------------------------- a trainable scan on CPU
