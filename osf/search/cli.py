@@ -8,9 +8,8 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from osf.search.run import (
-    build_evaluator, check_task_inputs, load_model, read_run, run_storage, write_run,
-)
+from osf.search import run as _run
+from osf.search.run import build_evaluator, check_task_inputs, read_run, run_storage, write_run
 
 
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,7 +61,7 @@ def search_cmd(
     import osf
     import osf.search as osf_search
 
-    net, pre = load_model(model)
+    net, pre = _run.load_model(model)
     net.to(device)
     evaluator = build_evaluator(task, pre, data=data, include_path=include_path, limit=limit, batch_size=batch_size)
     sn = osf.supernet(net)
@@ -112,7 +111,7 @@ def extract_cmd(
     from osf.space import SearchSpace
 
     study = optuna.load_study(study_name=spec["study_name"], storage=make_storage(run_storage(run_dir, spec), None))
-    net, pre = load_model(spec["model"])
+    net, pre = _run.load_model(spec["model"])
     sn = osf.supernet(net)
     if json.loads(sn.space.to_json()) != spec["space"]:
         raise ValueError(f"the supernet of {spec['model']!r} no longer has the space recorded in {run_dir}/run.json")
