@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-DEMO_SEQ_LEN = 128
+DEMO_SEQ_LEN = 64
 SPECIALS = ["<|endoftext|>", "<pad>"]
 
 
@@ -53,7 +53,7 @@ def _clean(text: str) -> str:
 
 
 # ---------------------------------------------------------------- tokenizer
-def train_tokenizer(texts: list[str], vocab_size: int = 2048, out_dir: str | Path | None = None):
+def train_tokenizer(texts: list[str], vocab_size: int = 1024, out_dir: str | Path | None = None):
     """A byte-level BPE tokenizer trained on ``texts``, as a ``PreTrainedTokenizerFast``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -73,7 +73,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = 2048, out_dir: str | Pat
 
 # -------------------------------------------------------------------- model
 def demo_config(vocab_size: int, **overrides: Any):
-    """The tiny Mamba LM of the demo (about 0.6M parameters)."""
+    """The tiny Mamba LM of the demo (about 0.6M parameters: 4 Mamba layers of width 128, 1k vocabulary)."""
     from transformers import MambaConfig
 
     kw = dict(vocab_size=vocab_size, hidden_size=128, state_size=16, num_hidden_layers=4, expand=2,

@@ -130,3 +130,63 @@ class AgreementEvaluator:
 
     def example_inputs(self) -> torch.Tensor:
         return self.x[:4]
+
+
+class DepthSupernet:
+    """Depth-only supernet of an HF model with ``backbone.layers`` (e.g. Mamba): drop layers.
+
+    Layers are dropped from the front of ``drop_order`` (default: the middle layers
+    first). Real enough to run the demo and the benchmark before the full supernet lands.
+    """
+
+    def __init__(self, model: nn.Module, min_depth: int = 1):
+        self.model = model
+        self._layers = list(model.backbone.layers)
+        n = len(self._layers)
+        order = sorted(range(n), key=lambda i: abs(i - (n - 1) / 2))  # middle first
+        self._names = [f"backbone.layers.{i}" for i in order]
+        self.space = SearchSpace(dims={}, stacks={"layers": self._names}, min_depth={"layers": min_depth})
+        self.config: Config = self.space.largest()
+
+    def _kept(self, cfg: Config) -> list[int]:
+        cfg = self.space.validate(cfg)
+        return [i for i in range(len(self._layers)) if cfg[f"backbone.layers.{i}"]]
+
+    def set_config(self, cfg: Config) -> None:
+        kept = self._kept(cfg)
+        self.model.backbone.layers = nn.ModuleList(self._layers[i] for i in kept)
+        self.config = self.space.validate(cfg)
+
+    @contextmanager
+    def use(self, cfg: Config) -> Iterator["DepthSupernet"]:
+        old = dict(self.config)
+        self.set_config(cfg)
+        try:
+            yield self
+        finally:
+            self.set_config(old)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def num_params(self, cfg: Config | None = None) -> int:
+        kept = set(self._kept(cfg if cfg is not None else self.config))
+        with self.use(self.space.largest()):
+            total = sum(p.numel() for p in self.model.parameters())
+        return total - sum(p.numel() for i, l in enumerate(self._layers) if i not in kept for p in l.parameters())
+
+    def macs(self, cfg: Config | None = None, inputs: Any = None) -> int:
+        ids = inputs["input_ids"] if isinstance(inputs, dict) else inputs
+        return self.num_params(cfg) * (1 if ids is None else int(ids.numel()))
+
+    def extract(self, cfg: Config) -> nn.Module:
+        import copy
+
+        with self.use(cfg):
+            sub = copy.deepcopy(self.model)
+        sub.config.num_hidden_layers = len(sub.backbone.layers)
+        for j, layer in enumerate(sub.backbone.layers):
+            layer.layer_idx = j
+            if hasattr(layer, "mixer"):
+                layer.mixer.layer_idx = j
+        return sub

@@ -5,11 +5,18 @@
 import sys
 import types
 
+from osf.search.images import ImageAccuracy
+from osf.search.lmeval import LMEval
+from osf.search.perplexity import Perplexity
 from osf.search.protocol import CallableEvaluator, Evaluator, SupernetLike, as_evaluator
 from osf.search.result import SearchResult
 from osf.search.study import config_key, search
+from osf.search.tasks import make_lastword_task
 
-__all__ = ["CallableEvaluator", "Evaluator", "SearchResult", "SupernetLike", "as_evaluator", "config_key", "search"]
+__all__ = [
+    "CallableEvaluator", "Evaluator", "ImageAccuracy", "LMEval", "Perplexity", "SearchResult", "SupernetLike",
+    "as_evaluator", "config_key", "make_lastword_task", "search",
+]
 
 
 class _CallableModule(types.ModuleType):
