@@ -6,7 +6,6 @@ import json
 import optuna
 import pandas as pd
 import pytest
-import torch
 
 import osf.search
 from osf.search import SearchResult, config_key, search

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import difflib
 import functools
-import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch.nn as nn
 
-log = logging.getLogger(__name__)
 
 
 def _suggest(name: str, known: Sequence[str]) -> str:

@@ -8,7 +8,6 @@ configs reuse the stored values of an earlier trial.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,7 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from osf.space import DEPTH_SUFFIX, Config, SearchSpace
+from osf.space import Config, SearchSpace
 from osf.search.objectives import (
     DIRECTIONS, UNITS, CostMeter, check_constraints, check_objectives, evaluate_score, resolve_limit,
 )
@@ -26,7 +25,6 @@ from osf.search.result import SearchResult
 from osf.search.samplers import make_sampler
 from osf.search.storage import Heartbeat, default_study_name, fail_stale_trials, is_stale, make_storage
 
-log = logging.getLogger(__name__)
 METRICS = ("score", "params", "macs", "latency")
 
 
