@@ -117,3 +117,27 @@ def test_search_resume_and_extract_end_to_end(tmp_path, fake_models):
     res = invoke("extract", str(out), "--trial", "0", "--out", str(tmp_path / "sub0"))
     assert res.exit_code == 0 and sum(p.numel() for p in fake_models["sub"].parameters()) == sn.num_params()
     one_line_error(invoke("extract", str(out), "--trial", "99", "--out", str(tmp_path / "s")), "does not exist")
+
+
+@pytest.mark.parametrize("task", ["lm", "perplexity"])
+def test_search_cli_with_a_language_model(tmp_path, monkeypatch, tiny_lm, tokenizer, lastword_task, corpus, task):
+    import copy
+
+    from tests.search_fakes import DepthSupernet
+
+    monkeypatch.setattr(run_mod, "load_model", lambda name: (copy.deepcopy(tiny_lm), tokenizer))
+    monkeypatch.setattr(osf, "supernet", lambda model: DepthSupernet(model), raising=False)
+    task_dir, name = lastword_task
+    if task == "lm":
+        extra = ["--task", name, "--include-path", str(task_dir), "--limit", "3"]
+    else:
+        (tmp_path / "text.txt").write_text(" ".join(corpus[1][:2]))
+        extra = ["--task", "perplexity", "--data", str(tmp_path / "text.txt"), "--limit", "2"]
+    res = invoke("search", "tiny-mamba", *extra, "--trials", "3", "--objectives", "score,params,macs", "--out", str(tmp_path / "run"))
+    assert res.exit_code == 0, res.output
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "run" / "trials.csv")
+    assert len(df) == 3 and df["macs"].gt(0).all() and df["score"].notna().all()
+    if task == "perplexity":
+        assert (df["score"] < 0).all()  # -log(ppl) of a random model
