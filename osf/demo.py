@@ -91,7 +91,7 @@ def token_blocks(texts: list[str], tokenizer, seq_len: int = DEMO_SEQ_LEN) -> to
     return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
 
 
-def train_lm(model, blocks: torch.Tensor, seconds: float = 90.0, batch_size: int = 16, lr: float = 3e-3,
+def train_lm(model, blocks: torch.Tensor, seconds: float = 90.0, batch_size: int = 16, lr: float = 1e-2,
              max_steps: int | None = None, seed: int = 0, show_progress: bool = True) -> dict[str, float]:
     """Train ``model`` on ``blocks`` for a wall-time budget (one AdamW for the whole run).
 
