@@ -48,6 +48,8 @@ def test_lmeval_sees_in_place_changes_of_the_live_model(tiny_lm, tokenizer, last
     handle = model.lm_head.register_forward_hook(lambda m, i, o: o * 0.3)  # altered logits
     try:
         after = ev(model)
+        # requests are reused between calls: the result still equals a fresh run
+        assert after == -reference_lm_eval(model, tokenizer, task_dir, task, limit=6)["perplexity,none"]
     finally:
         handle.remove()
     assert after != before
