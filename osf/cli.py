@@ -47,5 +47,9 @@ def main() -> None:
     app()
 
 
+from osf.search.cli import register as _register_search  # noqa: E402
+
+_register_search(app)
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,112 @@
+"""Search throughput on the demo model: trials per minute and the share of time in forward passes.
+
+    python benchmarks/search.py [--trials 20] [--limit 50] [--supernet osf|depth]
+
+Forward time is measured with forward pre/post hooks on the live model (with a CUDA
+sync on GPU); everything else (Optuna sampling and storage, lm-eval request building,
+tokenisation, cost metrics) is overhead. Target: >= 90% of trial time in forward passes.
+``--supernet depth`` uses the depth-only test double (tests/search_fakes.py), usable
+before ``osf.supernet`` exists.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+
+class ForwardTimer:
+    """Accumulates wall time spent inside ``model.forward`` (outermost calls only)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.total, self.calls, self._t0, self._depth = 0.0, 0, 0.0, 0
+        self._sync = torch.cuda.synchronize if next(model.parameters()).is_cuda else (lambda: None)
+        self._handles = [model.register_forward_pre_hook(self._pre), model.register_forward_hook(self._post)]
+
+    def _pre(self, *_):
+        if self._depth == 0:
+            self._sync()
+            self._t0 = time.perf_counter()
+        self._depth += 1
+
+    def _post(self, *_):
+        self._depth -= 1
+        if self._depth == 0:
+            self._sync()
+            self.total += time.perf_counter() - self._t0
+            self.calls += 1
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--limit", type=int, default=None, help="task documents per evaluation")
+    ap.add_argument("--passages", type=int, default=100)
+    ap.add_argument("--sampler", default="auto")
+    ap.add_argument("--supernet", choices=("osf", "depth"), default="osf")
+    ap.add_argument("--train-seconds", type=float, default=90.0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = ap.parse_args()
+
+    from osf.demo import load_corpus, load_or_train
+    from osf.search import search
+    from osf.search.lmeval import LMEval
+    from osf.search.tasks import make_lastword_task
+
+    model, tok, _ = load_or_train(a.train_seconds, show_progress=False)
+    model.to(a.device)
+    if a.supernet == "depth":
+        from tests.search_fakes import DepthSupernet
+
+        sn = DepthSupernet(model)
+    else:
+        import osf
+
+        sn = osf.supernet(model)
+    work = Path(tempfile.mkdtemp(prefix="osf-bench-"))
+    make_lastword_task(load_corpus()[1], work / "task", name="osf_bench_lastword", n=a.passages)
+    ev = LMEval("osf_bench_lastword", tok, include_path=work / "task", limit=a.limit, batch_size=32)
+    ev(sn.model)  # warm-up: builds HFLM, loads the task, first forward passes
+
+    timer = ForwardTimer(sn.model)
+    t0 = time.perf_counter()
+    res = search(sn, ev, n_trials=a.trials, sampler=a.sampler, run_dir=work / "run", show_progress=False)
+    wall = time.perf_counter() - t0
+    timer.remove()
+    trials = res.study.get_trials(states=(TrialState.COMPLETE,))
+    trial_time = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
+    fresh = sum("cached_from" not in t.user_attrs for t in trials)
+    rows = [
+        ("device", a.device),
+        ("supernet", a.supernet),
+        ("trials (evaluated / cached)", f"{len(trials)} ({fresh} / {len(trials) - fresh})"),
+        ("wall time (s)", f"{wall:.1f}"),
+        ("trials per minute", f"{60 * len(trials) / wall:.2f}"),
+        ("evaluated trials per minute", f"{60 * fresh / wall:.2f}"),
+        ("forward calls", f"{timer.calls}"),
+        ("forward time (s)", f"{timer.total:.1f}"),
+        ("forward share of trial time", f"{100 * timer.total / max(trial_time, 1e-9):.1f}%  (target >= 90%)"),
+        ("forward share of wall time", f"{100 * timer.total / wall:.1f}%"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    main()

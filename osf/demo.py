@@ -1,0 +1,257 @@
+"""``osf demo``: a small Mamba LM trained on CPU, turned into a supernet and searched.
+
+Assets: an English corpus that ships with Python (``pydoc_data.topics``), a BPE
+tokenizer trained locally (``tokenizers``), a tiny ``MambaForCausalLM``, a short
+training loop, and a last-word lm-eval task made from held-out text. Everything is
+cached in ``~/.cache/osf/demo`` (``OSF_CACHE_DIR`` overrides), so a second run skips
+training.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEMO_SEQ_LEN = 64
+SPECIALS = ["<|endoftext|>", "<pad>"]
+
+
+def cache_dir() -> Path:
+    """``$OSF_CACHE_DIR`` or ``~/.cache/osf/demo``."""
+    return Path(os.environ.get("OSF_CACHE_DIR") or Path.home() / ".cache" / "osf" / "demo")
+
+
+# ------------------------------------------------------------------- corpus
+def load_corpus(held_out: float = 0.15) -> tuple[list[str], list[str]]:
+    """Python's documentation topics, split by topic into (train, held-out) texts.
+
+    The split is by topic name hash, so held-out passages share no document with training.
+    """
+    from pydoc_data.topics import topics
+
+    train, test = [], []
+    for key in sorted(topics):
+        text = _clean(topics[key])
+        bucket = int(hashlib.md5(key.encode()).hexdigest(), 16) % 1000 / 1000
+        (test if bucket < held_out else train).append(text)
+    return train, test
+
+
+def _clean(text: str) -> str:
+    # drop code-ish lines (indented/'>>>'), keep prose; collapse whitespace
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith((" ", "\t", ">>>", "..."))]
+    text = " ".join(lines)
+    text = re.sub(r"[*`]+", "", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+# ---------------------------------------------------------------- tokenizer
+def train_tokenizer(texts: list[str], vocab_size: int = 1024, out_dir: str | Path | None = None):
+    """A byte-level BPE tokenizer trained on ``texts``, as a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIALS[0], bos_token=SPECIALS[0],
+                                   unk_token=SPECIALS[0], pad_token=SPECIALS[1])
+    if out_dir is not None:
+        fast.save_pretrained(str(out_dir))
+    return fast
+
+
+# -------------------------------------------------------------------- model
+def demo_config(vocab_size: int, **overrides: Any):
+    """The tiny Mamba LM of the demo (about 0.6M parameters: 4 Mamba layers of width 128, 1k vocabulary)."""
+    from transformers import MambaConfig
+
+    kw = dict(vocab_size=vocab_size, hidden_size=128, state_size=16, num_hidden_layers=4, expand=2,
+              conv_kernel=4, pad_token_id=1, bos_token_id=0, eos_token_id=0, tie_word_embeddings=True,
+              use_cache=False)
+    kw.update(overrides)
+    return MambaConfig(**kw)
+
+
+def token_blocks(texts: list[str], tokenizer, seq_len: int = DEMO_SEQ_LEN) -> torch.Tensor:
+    """All texts tokenised, joined with EOS, cut into ``seq_len`` blocks."""
+    ids: list[int] = []
+    for t in texts:
+        ids.extend(tokenizer(t)["input_ids"] + [tokenizer.eos_token_id])
+    n = len(ids) // seq_len
+    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+
+
+def train_lm(model, blocks: torch.Tensor, seconds: float = 90.0, batch_size: int = 16, lr: float = 1e-2,
+             max_steps: int | None = None, seed: int = 0, show_progress: bool = True) -> dict[str, float]:
+    """Train ``model`` on ``blocks`` for a wall-time budget (one AdamW for the whole run).
+
+    Returns a summary: steps, seconds, final loss (mean of the last 10 steps).
+    """
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    g = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=int(seconds), desc="train", unit="s", disable=not show_progress)
+    step = 0
+    scan = fast_training_scan()
+    scan.__enter__()
+    try:
+        while time.perf_counter() - t0 < seconds and (max_steps is None or step < max_steps):
+            idx = torch.randint(len(blocks), (batch_size,), generator=g)
+            batch = blocks[idx]
+            loss = model(input_ids=batch, labels=batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+            bar.n = min(int(time.perf_counter() - t0), int(seconds))
+            bar.set_postfix(step=step, loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    finally:
+        scan.__exit__(None, None, None)
+        bar.close()
+    model.eval()
+    return {"steps": step, "seconds": time.perf_counter() - t0, "loss": sum(losses[-10:]) / max(1, len(losses[-10:]))}
+
+
+def load_or_train(seconds: float = 90.0, cache: str | Path | None = None, show_progress: bool = True,
+                  max_steps: int | None = None, **config_overrides: Any):
+    """``(model, tokenizer, train_info)``: trained once, then loaded from ``cache``.
+
+    The cache key includes the training budget and config overrides; ``train_info``
+    has ``cached`` set when nothing was trained.
+    """
+    from transformers import MambaForCausalLM, PreTrainedTokenizerFast
+
+    root = Path(cache) if cache is not None else cache_dir()
+    key = hashlib.sha1(json.dumps([seconds, max_steps, config_overrides], sort_keys=True).encode()).hexdigest()[:8]
+    model_dir, tok_dir = root / f"model-{key}", root / "tokenizer"
+    train, _ = load_corpus()
+    if (tok_dir / "tokenizer.json").is_file():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
+    else:
+        tokenizer = train_tokenizer(train, out_dir=tok_dir)
+    if (model_dir / "config.json").is_file():
+        model = MambaForCausalLM.from_pretrained(str(model_dir)).eval()
+        info = json.loads((model_dir / "osf_train.json").read_text())
+        return model, tokenizer, {**info, "cached": True}
+    torch.manual_seed(0)
+    model = MambaForCausalLM(demo_config(len(tokenizer), **config_overrides))
+    info = train_lm(model, token_blocks(train, tokenizer), seconds=seconds, max_steps=max_steps, show_progress=show_progress)
+    tmp = root / f".model-{key}.tmp"
+    model.save_pretrained(str(tmp))
+    (tmp / "osf_train.json").write_text(json.dumps(info))
+    if model_dir.exists():  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp)
+    else:
+        tmp.replace(model_dir)  # atomic: a killed run never leaves a half-written model
+    return model, tokenizer, {**info, "cached": False}
+
+
+# --------------------------------------------------------------- the demo
+def run_demo(out_dir: str | Path = "osf-demo", trials: int = 20, train_seconds: float = 90.0, limit: int | None = None,
+             n_passages: int = 100, max_steps: int | None = None, show_progress: bool = True, **config_overrides: Any):
+    """Train (or load) the demo LM, build its supernet, search it, save the best half-size subnet.
+
+    Returns a summary dict (full model score, best subnet under half the parameters,
+    paths). ``train_seconds``/``max_steps``/``limit`` keep tests short.
+    """
+    import osf
+    import osf.search as osf_search
+    from osf.search.lmeval import LMEval
+    from osf.search.tasks import make_lastword_task
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, info = load_or_train(train_seconds, show_progress=show_progress, max_steps=max_steps, **config_overrides)
+    print("model: " + ("loaded from cache" if info.get("cached") else f"trained {info['steps']} steps in {info['seconds']:.0f} s")
+          + f", final train loss {info['loss']:.2f}, {sum(p.numel() for p in model.parameters()):,} parameters")
+    _, held_out = load_corpus()
+    task_dir = out_dir / "task"
+    make_lastword_task(held_out, task_dir, name="osf_demo_lastword", n=n_passages)
+    evaluator = LMEval("osf_demo_lastword", tokenizer, include_path=task_dir, limit=limit, batch_size=32)
+    full_score = evaluator(model)
+    print(f"full model: last-word accuracy {full_score:.3f} on {n_passages if limit is None else limit} held-out passages")
+
+    sn = osf.supernet(model)
+    result = osf_search.search(sn, evaluator, n_trials=trials, run_dir=out_dir / "run", show_progress=show_progress)
+    result.save(out_dir / "run")
+    result.plot_pareto(out_dir / "run" / "pareto.png")
+    print("\nPareto front (score = last-word accuracy):")
+    print(result.table())
+    summary: dict[str, Any] = {"full_score": full_score, "full_params": sn.num_params(sn.space.largest()), "train": info}
+    try:
+        best = result.best(max_params=0.5)
+    except ValueError as e:
+        print(f"\nno subnet under half the parameters was found: {e}")
+        return summary
+    cfg = json.loads(best["config"])
+    sub = sn.extract(cfg)
+    osf.save_subnet(sub, out_dir / "subnet")
+    tokenizer.save_pretrained(str(out_dir / "subnet"))
+    print(f"\nfull model      : score {full_score:.3f}, {summary['full_params']:,} parameters")
+    print(f"best subnet <50%: score {best['score']:.3f}, {int(best['params']):,} parameters "
+          f"(trial {int(best['number'])}) -> {out_dir / 'subnet'}")
+    summary.update(best_score=float(best["score"]), best_params=int(best["params"]), subnet=str(out_dir / "subnet"))
+    return summary
+
+
+# ------------------------------------------------- a trainable scan on CPU
+def _selective_scan_unbind(hidden_states, dt, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           return_last_state=False, **_: Any):
+    """Same maths as transformers' reference scan, but steps come from ``unbind``.
+
+    The reference indexes ``x[:, :, t]`` per step, whose backward writes a full-size
+    zero gradient per step (quadratic in sequence length); ``unbind`` has one backward.
+    """
+    import torch.nn.functional as F
+
+    dtype = hidden_states.dtype
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dt.dtype)[..., None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    dA = torch.exp(A[None, :, None, :] * dt[:, :, :, None])  # (b, d, l, n)
+    dBu = dt[:, :, :, None] * B.transpose(1, 2)[:, None].float() * hidden_states[:, :, :, None].float()
+    state = hidden_states.new_zeros(hidden_states.shape[0], hidden_states.shape[1], A.shape[-1]).float()
+    outs = []
+    for a, bu, c in zip(dA.unbind(2), dBu.unbind(2), C.float().unbind(2)):
+        state = a * state + bu
+        outs.append(torch.einsum("bdn,bn->bd", state, c))
+    y = torch.stack(outs, dim=-1).to(dtype)
+    if D is not None:
+        y = y + hidden_states * D[None, :, None]
+    if z is not None:
+        y = y * F.silu(z)
+    return (y, state) if return_last_state else y
+
+
+class fast_training_scan:
+    """Context manager: HF Mamba uses :func:`_selective_scan_unbind` for the full-sequence scan."""
+
+    def __enter__(self):
+        from transformers.models.mamba import modeling_mamba
+
+        self._mod, self._orig = modeling_mamba, modeling_mamba.mamba_selective_scan
+        modeling_mamba.mamba_selective_scan = _selective_scan_unbind
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._mod.mamba_selective_scan = self._orig

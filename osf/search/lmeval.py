@@ -1,0 +1,196 @@
+"""Score a live model with lm-evaluation-harness (``lm_eval.simple_evaluate``)."""
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch.nn as nn
+
+
+
+def _suggest(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def _reuse_requests(task: Any) -> Any:
+    """Make ``task`` build its requests once per set of arguments and reuse them.
+
+    Requests depend only on the documents and prompt settings, not on the model, but
+    lm-eval re-renders every prompt template on each evaluation (about a quarter of an
+    evaluation of a small model). Reused requests get their responses cleared.
+    """
+    build = task.build_all_requests
+    built: dict[str, list[Any]] = {}
+
+    def build_all_requests(**kwargs: Any) -> None:
+        key = repr(sorted(kwargs.items()))
+        if key not in built:
+            build(**kwargs)
+            built[key] = task._instances
+            return
+        for inst in built[key]:
+            inst.resps = []
+            inst.filtered_resps = {}
+        task._instances = built[key]
+
+    task.build_all_requests = build_all_requests
+    return task
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", "", "false") or \
+        os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+
+
+@functools.lru_cache(maxsize=8)
+def _task_manager(paths: tuple[str, ...] | None) -> Any:
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(paths) if paths else None)  # indexing all tasks takes seconds: reuse
+
+
+def check_tasks(names: Sequence[str], include_path: str | Path | Sequence[str | Path] | None = None) -> Any:
+    """Check lm-eval task names (suggesting close ones); return the ``TaskManager``."""
+    if not names:
+        raise ValueError("no lm-eval task given")
+    paths = None
+    if include_path is not None:
+        paths = [str(p) for p in ([include_path] if isinstance(include_path, (str, Path)) else include_path)]
+        for p in paths:
+            if not Path(p).is_dir():
+                raise FileNotFoundError(f"--include-path {p!r} is not a folder of task YAML files")
+    tm = _task_manager(tuple(paths) if paths else None)
+    known = tm.all_tasks
+    for t in names:
+        if t not in known:
+            hint = "" if paths else " (local tasks need --include-path DIR)"
+            raise ValueError(f"unknown lm-eval task {t!r}{_suggest(t, known)}{hint}")
+    return tm
+
+
+class LMEval:
+    """An lm-eval task score of the model it is called with (higher is better).
+
+    Runs the real ``lm_eval.simple_evaluate`` on an ``HFLM`` wrapping the live model
+    object (no copy): the ``HFLM`` is built once and reused while the model object
+    stays the same, and the task objects are loaded once.
+
+    Args:
+        tasks: task name(s), e.g. ``"lambada_openai"`` or a local task's name.
+        tokenizer: a ``transformers`` tokenizer (object or name/path).
+        limit: documents per task (``None``: all).
+        num_fewshot: few-shot examples.
+        batch_size: HFLM batch size.
+        include_path: folder(s) of task YAMLs (offline tasks, e.g. from
+            :func:`osf.search.tasks.make_lastword_task`).
+        metric: metric to report (default: each task's first higher-is-better metric,
+            e.g. ``acc`` for lambada). A lower-is-better metric is negated.
+        device: move the model there before the first evaluation.
+
+    The score of several tasks is the mean of their metrics.
+    """
+
+    def __init__(self, tasks: str | Sequence[str], tokenizer: Any, limit: int | float | None = None, num_fewshot: int = 0,
+                 batch_size: int = 16, include_path: str | Path | Sequence[str | Path] | None = None,
+                 metric: str | None = None, device: str | None = None):
+        self.task_names = [tasks] if isinstance(tasks, str) else list(tasks)
+        self.task_manager = check_tasks(self.task_names, include_path)
+        if isinstance(tokenizer, (str, Path)):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+        self.tokenizer = tokenizer
+        self.limit, self.num_fewshot, self.batch_size = limit, num_fewshot, batch_size
+        self.metric, self.device = metric, device
+        self.name = "lm-eval:" + ",".join(self.task_names) + (f":{metric}" if metric else "")
+        self._lm: Any = None
+        self._lm_model: nn.Module | None = None
+        self._tasks: list[Any] | None = None
+
+    # ------------------------------------------------------------ pieces
+    def tasks(self) -> list[Any]:
+        """The task objects (loaded once; task names if they are groups)."""
+        if self._tasks is None:
+            try:
+                loaded = self.task_manager.load(list(self.task_names))
+            except Exception as e:  # datasets raise many types for an unreachable hub
+                raise ValueError(self._load_error(e)) from e
+            # plain tasks are passed as loaded objects (no reload per trial); groups by name
+            if loaded.get("groups"):
+                self._tasks = list(self.task_names)
+            else:
+                self._tasks = [_reuse_requests(t) for t in loaded["tasks"].values()]
+        return self._tasks
+
+    def _load_error(self, e: Exception) -> str:
+        msg = f"could not load the data of lm-eval task(s) {self.task_names}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if _offline() or "connect" in str(e).lower() or "offline" in str(e).lower():
+            msg += (
+                ". The task's dataset comes from the Hugging Face Hub, which is unreachable here. Run it from a "
+                "local file instead: write a task YAML with `dataset_path: json` and "
+                "`dataset_kwargs: {data_files: {test: FILE.jsonl}}` (osf.search.tasks.make_lastword_task makes one) "
+                "into a folder and pass --include-path FOLDER --task NAME"
+            )
+        return msg
+
+    def lm(self, model: nn.Module) -> Any:
+        """The ``HFLM`` wrapping ``model`` (rebuilt only when the model object changes)."""
+        if self._lm is None or self._lm_model is not model:
+            from lm_eval.models.huggingface import HFLM
+
+            if self.device is not None:
+                model.to(self.device)
+            self._lm = HFLM(pretrained=model, tokenizer=self.tokenizer, batch_size=self.batch_size)
+            self._lm_model = model
+        return self._lm
+
+    # ------------------------------------------------------------ scoring
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        """The full ``simple_evaluate`` results dict for ``model``."""
+        from lm_eval import simple_evaluate
+
+        import lm_eval.evaluator as lm_evaluator
+
+        was_training = model.training
+        model.eval()
+        env_info = lm_evaluator.add_env_info
+        # collecting the environment report runs ~10 subprocesses (0.3 s) per call; the
+        # score does not use it, and a search calls this once per trial
+        lm_evaluator.add_env_info = lambda results: None
+        try:
+            return simple_evaluate(
+                model=self.lm(model), tasks=self.tasks(), num_fewshot=self.num_fewshot, limit=self.limit,
+                task_manager=self.task_manager, bootstrap_iters=0, log_samples=False,
+            )
+        finally:
+            lm_evaluator.add_env_info = env_info
+            model.train(was_training)
+
+    def score(self, results: dict[str, Any]) -> float:
+        """The score (see class doc) from a ``simple_evaluate`` results dict."""
+        values = []
+        leaves = [t for t in results["results"] if t in results.get("configs", results["results"])]
+        for task in leaves:
+            res, hib = results["results"][task], results.get("higher_is_better", {}).get(task, {})
+            metric = self.metric or next((m for m, up in hib.items() if up), None) or next(iter(hib), None)
+            key = f"{metric},none"
+            if key not in res:
+                have = sorted(k.split(",")[0] for k in res if "," in k and not k.split(",")[0].endswith("_stderr"))
+                raise ValueError(f"task {task!r} has no metric {metric!r}; it reports {have}")
+            v = float(res[key])
+            values.append(v if hib.get(metric, True) else -v)
+        if not values:
+            raise ValueError(f"lm-eval returned no results for {self.task_names}")
+        return sum(values) / len(values)
+
+    def __call__(self, model: nn.Module) -> float:
+        return self.score(self.evaluate(model))
+
+    def example_inputs(self) -> dict[str, Any]:
+        """A batch of one 64-token text, for MACs/latency."""
+        ids = self.tokenizer("The quick brown fox jumps over the lazy dog. " * 8, return_tensors="pt")["input_ids"]
+        return {"input_ids": ids[:, :64]}

@@ -1,0 +1,84 @@
+"""Language-model perplexity as a score."""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from osf.search.objectives import model_device
+
+
+class Perplexity:
+    """Score = ``-log(perplexity)`` = minus the mean next-token cross-entropy (nats).
+
+    Higher is better, and unlike ``1/ppl`` it is linear in the loss, so differences
+    between subnets stay readable (``math.exp(-score)`` gives the perplexity back).
+
+    Args:
+        texts_or_dataset: a string, a list of strings, or a ``datasets.Dataset``
+            (its ``text_column``).
+        tokenizer: a ``transformers`` tokenizer.
+        seq_len: tokens per block (texts are joined with EOS and cut into blocks).
+        max_batches: evaluate at most this many batches (``None``: all).
+        batch_size: blocks per forward pass.
+    """
+
+    def __init__(self, texts_or_dataset: Any, tokenizer: Any, seq_len: int = 128, max_batches: int | None = None,
+                 batch_size: int = 8, text_column: str = "text", name: str = "perplexity"):
+        texts = _texts(texts_or_dataset, text_column)
+        ids: list[int] = []
+        eos = tokenizer.eos_token_id
+        for t in texts:
+            ids.extend(tokenizer(t)["input_ids"] + ([eos] if eos is not None else []))
+        n = len(ids) // seq_len
+        if n == 0:
+            raise ValueError(f"the texts give {len(ids)} tokens, fewer than one block of seq_len={seq_len}")
+        self.blocks = torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+        self.batch_size, self.max_batches, self.name = batch_size, max_batches, name
+
+    @torch.no_grad()
+    def nll(self, model: nn.Module) -> float:
+        """Mean next-token negative log-likelihood (nats)."""
+        device, was_training = model_device(model), model.training
+        model.eval()
+        total, count = 0.0, 0
+        try:
+            for i, start in enumerate(range(0, len(self.blocks), self.batch_size)):
+                if self.max_batches is not None and i >= self.max_batches:
+                    break
+                batch = self.blocks[start: start + self.batch_size].to(device)
+                out = model(input_ids=batch)
+                logits = out.logits if hasattr(out, "logits") else out
+                total += float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum"))
+                count += batch[:, 1:].numel()
+        finally:
+            model.train(was_training)
+        return total / count
+
+    def __call__(self, model: nn.Module) -> float:
+        return -self.nll(model)
+
+    @staticmethod
+    def to_perplexity(score: float) -> float:
+        return math.exp(-score)
+
+    def example_inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.blocks[:1]}
+
+
+def _texts(src: Any, column: str) -> list[str]:
+    if isinstance(src, str):
+        return [src]
+    if hasattr(src, "column_names"):  # datasets.Dataset
+        if column not in src.column_names:
+            raise ValueError(f"dataset has no column {column!r}; columns: {src.column_names}")
+        return [t for t in src[column] if t]
+    if isinstance(src, Iterable):
+        out = list(src)
+        if not all(isinstance(t, str) for t in out):
+            raise ValueError("Perplexity needs strings, a list of strings or a datasets.Dataset")
+        return out
+    raise ValueError(f"Perplexity needs strings or a datasets.Dataset, got {type(src).__name__}")

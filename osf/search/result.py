@@ -1,0 +1,173 @@
+"""The outcome of a search: trials table, Pareto front, best subnet under limits, plots."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from osf.space import Config, SearchSpace
+from osf.search.objectives import DIRECTIONS, resolve_limit
+
+
+@dataclass
+class SearchResult:
+    """Results of :func:`osf.search.search`.
+
+    Attributes:
+        study: the Optuna study.
+        space: the searched space.
+        objectives: objective names, e.g. ``("score", "params")``.
+        limits: absolute budget per cost (after the fraction rule).
+        reference: costs of the largest config (what fractions refer to).
+    """
+
+    study: optuna.Study
+    space: SearchSpace
+    objectives: tuple[str, ...]
+    limits: dict[str, float] = field(default_factory=dict)
+    reference: dict[str, float] = field(default_factory=dict)
+
+    # ----------------------------------------------------------- tables
+    @property
+    def trials(self) -> pd.DataFrame:
+        """One row per COMPLETE trial: number, config (JSON), metrics, feasible, cached_from."""
+        rows = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            a = t.user_attrs
+            row: dict[str, Any] = {"number": t.number, "config": a.get("config")}
+            for m in ("score", "params", "macs", "latency"):
+                if m in a:
+                    row[m] = a[m]
+            row["feasible"] = bool(a.get("feasible", True))
+            row["cached_from"] = a.get("cached_from")
+            rows.append(row)
+        cols = ["number", "config", "score", "params", "feasible", "cached_from"]
+        return pd.DataFrame(rows, columns=None if rows else cols)
+
+    @property
+    def pareto(self) -> pd.DataFrame:
+        """Non-dominated feasible trials (one per distinct config), best score first."""
+        df = self.trials
+        if df.empty:
+            return df
+        df = df[df["feasible"]].drop_duplicates("config").reset_index(drop=True)
+        signs = {o: (1.0 if DIRECTIONS[o] == "minimize" else -1.0) for o in self.objectives}
+        vals = [[signs[o] * r[o] for o in self.objectives] for _, r in df.iterrows()]
+
+        def dominated(i: int) -> bool:
+            return any(
+                all(a <= b for a, b in zip(vals[j], vals[i])) and any(a < b for a, b in zip(vals[j], vals[i]))
+                for j in range(len(vals)) if j != i
+            )
+
+        keep = [i for i in range(len(vals)) if not dominated(i)]
+        return df.iloc[keep].sort_values("score", ascending=False).reset_index(drop=True)
+
+    def best(self, max_params: float | None = None, max_macs: float | None = None,
+             max_latency_ms: float | None = None) -> pd.Series:
+        """The feasible trial with the best score within the limits.
+
+        Limits follow the budget rule: ``<= 1`` is a fraction of the largest config's
+        value, ``> 1`` absolute. Raises ``ValueError`` if no trial fits.
+        """
+        df = self.trials
+        df = df[df["feasible"]] if not df.empty else df
+        for name, lim in (("params", max_params), ("macs", max_macs), ("latency", max_latency_ms)):
+            if lim is None:
+                continue
+            if name not in df.columns or name not in self.reference:
+                raise ValueError(f"no {name} were recorded in this search; add {name!r} to objectives or budgets")
+            df = df[df[name] <= resolve_limit(lim, self.reference[name]) + 1e-9]
+        df = df[df["score"].notna()] if not df.empty else df
+        if df.empty:
+            raise ValueError(
+                f"no feasible trial within max_params={max_params}, max_macs={max_macs}, "
+                f"max_latency_ms={max_latency_ms}; largest config: {self.reference}"
+            )
+        return df.sort_values(["score", "number"], ascending=[False, True]).iloc[0]
+
+    def config(self, number: int) -> Config:
+        """The config of trial ``number``."""
+        t = self.study.trials[number]
+        if "config" not in t.user_attrs:
+            raise ValueError(f"trial {number} has no config (state {t.state.name})")
+        return json.loads(t.user_attrs["config"])
+
+    # ----------------------------------------------------------- output
+    def plot_pareto(self, path: str | Path, cost: str = "params") -> Path:
+        """Scatter of score vs ``cost`` for all trials, with the Pareto front drawn."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        df, front = self.trials, self.pareto
+        fig, ax = plt.subplots(figsize=(6, 4))
+        if not df.empty:
+            feas = df[df["feasible"]]
+            ax.scatter(feas[cost], feas["score"], s=14, c="tab:blue", alpha=0.5, label="feasible")
+            inf = df[~df["feasible"]]
+            if not inf.empty:
+                ax.scatter(inf[cost], inf["score"], s=14, c="tab:gray", marker="x", label="over budget")
+        if not front.empty:
+            f = front.sort_values(cost)
+            ax.step(f[cost], f["score"], where="post", c="tab:red")
+            ax.scatter(f[cost], f["score"], s=30, c="tab:red", label="Pareto front")
+        if cost in self.limits:
+            ax.axvline(self.limits[cost], ls="--", c="k", lw=0.8, label=f"{cost} budget")
+        ax.set_xlabel(cost)
+        ax.set_ylabel("score")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+    def save(self, run_dir: str | Path) -> Path:
+        """Write ``space.json``, ``trials.csv`` and ``pareto.json`` into ``run_dir``."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(run_dir / "space.json", self.space.to_json())
+        tmp = run_dir / "trials.csv.tmp"
+        self.trials.to_csv(tmp, index=False)
+        tmp.replace(run_dir / "trials.csv")
+        front = self.pareto
+        records = [
+            {**{k: _plain(v) for k, v in r.items() if k != "config"}, "config": json.loads(r["config"])}
+            for r in front.to_dict("records")
+        ]
+        payload = {"objectives": list(self.objectives), "limits": self.limits, "reference": self.reference, "pareto": records}
+        _atomic_write(run_dir / "pareto.json", json.dumps(payload, indent=2))
+        return run_dir
+
+    def table(self) -> str:
+        """The Pareto front as a text table."""
+        front = self.pareto
+        if front.empty:
+            return "(no feasible trials)"
+        cols = [c for c in ("number", "score", "params", "macs", "latency") if c in front.columns]
+        out = front[cols].copy()
+        if "params" in out and "params" in self.reference:
+            out["params %"] = (100 * out["params"] / self.reference["params"]).round(1)
+        return out.to_string(index=False)
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "item"):
+        return v.item()
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

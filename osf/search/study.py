@@ -1,0 +1,258 @@
+"""``osf.search.search``: an Optuna study over a supernet's configs.
+
+One trial = one config. The study lives in Optuna storage, so the same call resumes
+where it stopped, and many workers can share an RDB storage; the study always ends
+with exactly ``n_trials`` COMPLETE trials. A config is scored once per study: repeated
+configs reuse the stored values of an earlier trial.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+from osf.space import Config, SearchSpace
+from osf.search.objectives import (
+    DIRECTIONS, UNITS, CostMeter, check_constraints, check_objectives, evaluate_score, resolve_limit,
+)
+from osf.search.protocol import Evaluator, SupernetLike, as_evaluator
+from osf.search.result import SearchResult
+from osf.search.samplers import make_sampler
+from osf.search.storage import Heartbeat, default_study_name, fail_stale_trials, is_stale, make_storage
+
+METRICS = ("score", "params", "macs", "latency")
+
+
+def config_key(cfg: Config) -> str:
+    """Canonical JSON of a config: the cache key and what the trials table shows."""
+    return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+
+
+def _space_params(space: SearchSpace, which: str) -> dict[str, int]:
+    """Sampler parameters of the largest or smallest config."""
+    out = {}
+    for name, choices in space.parameters().items():
+        out[name] = choices[0] if which == "largest" else choices[-1]
+    return out
+
+
+def _check_run_dir(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".osf-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"run directory {str(run_dir)!r} is not writable ({e.strerror or e}); choose another --out") from e
+    return run_dir
+
+
+def search(
+    sn: SupernetLike,
+    evaluator: Evaluator | Any,
+    *,
+    objectives: tuple[str, ...] | list[str] | str = ("score", "params"),
+    n_trials: int = 100,
+    sampler: str | optuna.samplers.BaseSampler = "auto",
+    constraints: Mapping[str, float] | None = None,
+    storage: str | optuna.storages.BaseStorage | None = None,
+    study_name: str | None = None,
+    seed: int | None = 0,
+    timeout: float | None = None,
+    run_dir: str | Path | None = None,
+    show_progress: bool = True,
+    example_inputs: Any = None,
+    evaluate_infeasible: bool = False,
+) -> SearchResult:
+    """Search ``sn`` for the best subnets.
+
+    Args:
+        sn: a supernet (``osf.supernet(model)``), see :class:`SupernetLike`.
+        evaluator: ``evaluator(model) -> float``, higher is better (``LMEval``,
+            ``Perplexity``, ``ImageAccuracy`` or any callable); run with the config active.
+        objectives: any of ``score`` (maximised), ``params`` (exact), ``macs``,
+            ``latency`` (ms, median of repeated forwards on the model's device).
+        n_trials: COMPLETE trials the study ends with (a resumed study runs only the rest).
+        sampler: ``auto`` (NSGA-II for several objectives, TPE for one), ``nsga2``,
+            ``tpe``, ``random``, ``gp``, or an Optuna sampler.
+        constraints: budgets such as ``{"params": 0.5}``: values ``<= 1`` are fractions
+            of the largest config's value, values ``> 1`` absolute.
+        storage: Optuna storage or URL (``sqlite:///x.db`` to share a study between
+            processes); default a journal file in ``run_dir`` (in memory without one).
+        study_name: default derived from the evaluator, objectives, budgets and space.
+        seed: sampler seed.
+        timeout: stop starting new trials after this many seconds.
+        run_dir: where the study and the result files go.
+        example_inputs: model inputs for MACs/latency (else ``evaluator.example_inputs()``).
+        evaluate_infeasible: also score configs over budget (costs time). By default they
+            are not scored: the sampler sees ``-inf``, the trials table NaN.
+
+    Raises:
+        ValueError: bad arguments, or a budget that even the smallest config breaks.
+    """
+    objectives = check_objectives(objectives)
+    budgets = check_constraints(constraints)
+    evaluator = as_evaluator(evaluator)
+    if not isinstance(n_trials, int) or n_trials < 1:
+        raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
+    if run_dir is not None:
+        run_dir = _check_run_dir(run_dir)
+    space: SearchSpace = sn.space
+    costs = tuple(dict.fromkeys(["params", *[o for o in objectives if o != "score"], *budgets]))
+    meter = CostMeter(sn, evaluator, example_inputs)
+
+    name = study_name or default_study_name(evaluator.name, objectives, budgets, space.to_json())
+    quiet = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        result = _run(sn, evaluator, space, meter, objectives, budgets, costs, n_trials, sampler, storage, run_dir,
+                      name, seed, timeout, show_progress, evaluate_infeasible)
+    finally:
+        optuna.logging.set_verbosity(quiet)
+    return result
+
+
+def _run(sn, evaluator, space, meter, objectives, budgets, costs, n_trials, sampler, storage, run_dir, name, seed,
+         timeout, show_progress, evaluate_infeasible) -> SearchResult:
+    study = optuna.create_study(
+        storage=make_storage(storage, run_dir),
+        study_name=name,
+        directions=[DIRECTIONS[o] for o in objectives],
+        sampler=make_sampler(sampler, len(objectives), n_trials, seed),
+        load_if_exists=True,
+    )
+    want = [optuna.study.StudyDirection.MAXIMIZE if DIRECTIONS[o] == "maximize" else optuna.study.StudyDirection.MINIMIZE for o in objectives]
+    if list(study.directions) != want:
+        raise ValueError(f"study {name!r} exists with other objectives; use another study_name or run_dir")
+
+    reference = study.user_attrs.get("osf_reference") or {}
+    missing = [c for c in costs if c not in reference]
+    if missing:
+        reference.update(meter.costs(missing, space.largest()))
+        study.set_user_attr("osf_reference", reference)
+    limits = {c: resolve_limit(v, reference[c]) for c, v in budgets.items()}
+    _check_reachable(meter, space, budgets, limits, reference)
+    study.set_user_attr("osf_space", space.to_json())
+    study.set_user_attr("osf_objectives", list(objectives))
+    study.set_user_attr("osf_limits", limits)
+
+    fail_stale_trials(study)
+    if not study.get_trials(deepcopy=False):  # fresh study: anchor both ends of the front
+        study.enqueue_trial(_space_params(space, "largest"))
+        study.enqueue_trial(_space_params(space, "smallest"))
+
+    gp = isinstance(study.sampler, optuna.samplers.GPSampler)
+    runner = _Objective(sn, evaluator, space, meter, objectives, costs, limits, n_trials,
+                        evaluate_infeasible or gp)
+    result = SearchResult(study=study, space=space, objectives=objectives, limits=limits, reference=reference)
+    done = _n_complete(study)
+    if done >= n_trials:
+        return result
+
+    bar = tqdm(total=n_trials, initial=done, desc="search", unit="trial", disable=not show_progress)
+    try:
+        study.optimize(
+            runner,
+            n_trials=None,
+            timeout=timeout,
+            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,)), _Progress(bar, n_trials)],
+            gc_after_trial=False,
+        )
+    finally:
+        bar.close()
+    return result
+
+
+def _n_complete(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def _check_reachable(meter: CostMeter, space: SearchSpace, budgets: dict, limits: dict, reference: dict) -> None:
+    if not budgets:
+        return
+    small = meter.costs(list(budgets), space.smallest())
+    for c, lim in limits.items():
+        if small[c] > lim:
+            raise ValueError(
+                f"budget {c} <= {budgets[c]:g} ({lim:,.6g} {UNITS[c]}) is unreachable: the smallest config has "
+                f"{small[c]:,.6g} {UNITS[c]} ({small[c] / reference[c]:.1%} of the original {reference[c]:,.6g})"
+            )
+
+
+class _Objective:
+    """Evaluates one trial; reuses stored values for a config already scored."""
+
+    def __init__(self, sn, evaluator, space, meter, objectives, costs, limits, n_trials, evaluate_infeasible):
+        self.sn, self.evaluator, self.space, self.meter = sn, evaluator, space, meter
+        self.objectives, self.costs, self.limits = objectives, costs, limits
+        self.n_trials, self.evaluate_infeasible = n_trials, evaluate_infeasible
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        with Heartbeat(trial):
+            self._admit(trial)
+            params = {n: trial.suggest_categorical(n, c) for n, c in self.space.parameters().items()}
+            cfg = self.space.to_config(params)
+            key = config_key(cfg)
+            trial.set_user_attr("config", key)
+            metrics = self._cached(trial.study, key)
+            if metrics is not None:
+                trial.set_user_attr("cached_from", metrics.pop("_from"))
+            else:
+                metrics = self._measure(cfg)
+            for k, v in metrics.items():
+                trial.set_user_attr(k, v)
+            for c, v in zip(self.limits, metrics["violations"]):
+                trial.set_constraint(c, v)
+            score = metrics.get("score")
+            return tuple((float("-inf") if score is None else score) if o == "score" else metrics[o] for o in self.objectives)
+
+    def _admit(self, trial: optuna.Trial) -> None:
+        """Prune the trial when N trials are already complete or running (exact N total)."""
+        study = trial.study
+        others = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        ahead = [t for t in others if t.number < trial.number and (t.state == TrialState.COMPLETE or not is_stale(t))]
+        if len(ahead) < self.n_trials:
+            return
+        if sum(t.state == TrialState.COMPLETE for t in ahead) >= self.n_trials:
+            study.stop()
+        else:
+            time.sleep(1.0)  # others are finishing the last trials; one of them may fail
+        raise optuna.TrialPruned("the study already has its trials")
+
+    def _cached(self, study: optuna.Study, key: str) -> dict[str, Any] | None:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get("config") == key:
+                m = {k: t.user_attrs[k] for k in (*METRICS, "feasible", "violations") if k in t.user_attrs}
+                if all(c in m for c in self.costs):
+                    m["_from"] = t.user_attrs.get("cached_from", t.number)
+                    return m
+        return None
+
+    def _measure(self, cfg: Config) -> dict[str, Any]:
+        metrics: dict[str, Any] = self.meter.costs(self.costs, cfg)
+        violations = [metrics[c] - lim for c, lim in self.limits.items()]
+        feasible = all(v <= 0 for v in violations)
+        metrics["violations"] = violations
+        metrics["feasible"] = feasible
+        if feasible or self.evaluate_infeasible:
+            metrics["score"] = evaluate_score(self.sn, self.evaluator, cfg)
+        return metrics
+
+
+class _Progress:
+    def __init__(self, bar: tqdm, n_trials: int):
+        self.bar, self.n_trials = bar, n_trials
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        scores = [t.user_attrs["score"] for t in done if t.user_attrs.get("feasible", True) and "score" in t.user_attrs]
+        self.bar.n = min(len(done), self.n_trials)
+        if scores:
+            self.bar.set_postfix(best=f"{max(scores):.4g}")
+        self.bar.refresh()

@@ -1,0 +1,143 @@
+"""``osf search`` / ``osf extract`` through typer's CliRunner."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+import osf
+import osf.search.run as run_mod
+from osf.cli import app
+from tests.search_fakes import FakeSupernet, ResMLP
+from tests.test_evaluators import write_cifar
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def one_line_error(res, *needles: str) -> str:
+    assert res.exit_code != 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def test_unknown_lm_task_suggests_close_names(tmp_path):
+    res = invoke("search", "some-model", "--task", "lambada_opnai", "--out", str(tmp_path / "run"))
+    one_line_error(res, "unknown lm-eval task 'lambada_opnai'", "lambada_openai")
+
+
+def test_missing_data_dir(tmp_path):
+    res = invoke("search", "some-model", "--task", "cifar10", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"))
+    one_line_error(res, "does not exist")
+    res = invoke("search", "some-model", "--task", "cifar10", "--out", str(tmp_path / "r"))
+    one_line_error(res, "needs --data")
+
+
+def test_unwritable_out_dir_is_detected_first(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = invoke("search", "some-model", "--task", "lambada_opnai", "--out", str(blocker / "run"))
+    one_line_error(res, "not writable")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--objectives", "score,flops"], "unknown objective"),
+    (["--sampler", "cma"], "unknown sampler"),
+    (["--max-params", "-2"], "positive"),
+    (["--device", "tpu"], "--device"),
+])
+def test_bad_options(tmp_path, args, needle):
+    res = invoke("search", "m", "--task", "cifar10", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *args)
+    one_line_error(res, needle)
+
+
+def test_extract_argument_errors(tmp_path):
+    one_line_error(invoke("extract", str(tmp_path), "--best", "--out", str(tmp_path / "o")), "no run.json")
+    one_line_error(invoke("extract", str(tmp_path), "--out", str(tmp_path / "o")), "exactly one of")
+
+
+class ImageResMLP(ResMLP):
+    """The test supernet's MLP fed with pooled image pixels."""
+
+    def forward(self, x):
+        return super().forward(F.adaptive_avg_pool2d(x, 2).flatten(1)[:, :8])
+
+
+@pytest.fixture
+def fake_models(monkeypatch):
+    saved = {}
+    monkeypatch.setattr(run_mod, "load_model", lambda name: (ImageResMLP(), None))
+    monkeypatch.setattr(osf, "supernet", lambda model: FakeSupernet(model), raising=False)
+
+    def save_subnet(sub, path):
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(sub.state_dict(), path / "weights.pt")
+        saved["sub"] = sub
+
+    monkeypatch.setattr(osf, "save_subnet", save_subnet, raising=False)
+    return saved
+
+
+def test_search_resume_and_extract_end_to_end(tmp_path, fake_models):
+    write_cifar(tmp_path / "c10", "cifar10", n_test=30)
+    out = tmp_path / "run"
+    args = ["search", "tiny", "--task", "cifar10", "--data", str(tmp_path / "c10"), "--trials", "6",
+            "--max-params", "0.5", "--out", str(out)]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    for f in ("run.json", "trials.csv", "pareto.json", "space.json", "pareto.png", "study.journal"):
+        assert (out / f).is_file(), f
+    spec = json.loads((out / "run.json").read_text())
+    assert spec["model"] == "tiny" and spec["task"] == "cifar10" and spec["max_params"] == 0.5
+    res = invoke(*[a if a != "6" else "8" for a in args])  # resume to 8 trials
+    assert res.exit_code == 0, res.output
+    import pandas as pd
+
+    assert len(pd.read_csv(out / "trials.csv")) == 8
+    res = invoke("search", "other", "--task", "cifar10", "--data", str(tmp_path / "c10"), "--out", str(out))
+    one_line_error(res, "holds another run")
+
+    res = invoke("extract", str(out), "--best", "--max-params", "0.5", "--out", str(tmp_path / "sub"))
+    assert res.exit_code == 0, res.output
+    sn = FakeSupernet(ImageResMLP())
+    n = sum(p.numel() for p in fake_models["sub"].parameters())
+    assert n <= 0.5 * sn.num_params()
+    pareto = json.loads((out / "pareto.json").read_text())["pareto"]
+    best = max(pareto, key=lambda p: p["score"])
+    assert n == sn.num_params(best["config"])
+    res = invoke("extract", str(out), "--trial", "0", "--out", str(tmp_path / "sub0"))
+    assert res.exit_code == 0 and sum(p.numel() for p in fake_models["sub"].parameters()) == sn.num_params()
+    one_line_error(invoke("extract", str(out), "--trial", "99", "--out", str(tmp_path / "s")), "does not exist")
+
+
+@pytest.mark.parametrize("task", ["lm", "perplexity"])
+def test_search_cli_with_a_language_model(tmp_path, monkeypatch, tiny_lm, tokenizer, lastword_task, corpus, task):
+    import copy
+
+    from tests.search_fakes import DepthSupernet
+
+    monkeypatch.setattr(run_mod, "load_model", lambda name: (copy.deepcopy(tiny_lm), tokenizer))
+    monkeypatch.setattr(osf, "supernet", lambda model: DepthSupernet(model), raising=False)
+    task_dir, name = lastword_task
+    if task == "lm":
+        extra = ["--task", name, "--include-path", str(task_dir), "--limit", "3"]
+    else:
+        (tmp_path / "text.txt").write_text(" ".join(corpus[1][:2]))
+        extra = ["--task", "perplexity", "--data", str(tmp_path / "text.txt"), "--limit", "2"]
+    res = invoke("search", "tiny-mamba", *extra, "--trials", "3", "--objectives", "score,params,macs", "--out", str(tmp_path / "run"))
+    assert res.exit_code == 0, res.output
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "run" / "trials.csv")
+    assert len(df) == 3 and df["macs"].gt(0).all() and df["score"].notna().all()
+    if task == "perplexity":
+        assert (df["score"] < 0).all()  # -log(ppl) of a random model
