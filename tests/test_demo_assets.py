@@ -92,14 +92,11 @@ def test_training_scan_matches_the_reference(tiny_lm):
     assert modeling_mamba.mamba_selective_scan is not demo._selective_scan_unbind  # restored
 
 
-def test_run_demo_end_to_end_with_a_depth_supernet(tmp_path, monkeypatch, capsys):
-    """The whole demo flow, tiny: osf.supernet is stood in for by the depth-only double."""
+def test_run_demo_end_to_end(tmp_path, monkeypatch, capsys):
+    """The whole demo flow, tiny, through the real supernet."""
     import osf
-    from tests.search_fakes import DepthSupernet
 
     monkeypatch.setenv("OSF_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(osf, "supernet", lambda m, *a, **k: DepthSupernet(m), raising=False)
-    monkeypatch.setattr(osf, "save_subnet", lambda sub, path: sub.save_pretrained(str(path)), raising=False)
     summary = demo.run_demo(tmp_path / "out", trials=4, max_steps=2, limit=4, n_passages=10, show_progress=False,
                             hidden_size=64, num_hidden_layers=6, state_size=8)
     # with tied 1k x 64 embeddings, keeping 1 of 6 layers is under half the parameters
@@ -109,8 +106,6 @@ def test_run_demo_end_to_end_with_a_depth_supernet(tmp_path, monkeypatch, capsys
     assert len(__import__("pandas").read_csv(run / "trials.csv")) == 4
     assert (tmp_path / "out" / "task" / "osf_demo_lastword.yaml").is_file()
     assert 0.0 <= summary["full_score"] <= 1.0
-    from transformers import AutoModelForCausalLM
-
-    sub = AutoModelForCausalLM.from_pretrained(summary["subnet"])
+    sub = osf.load_subnet(summary["subnet"])
     assert sum(p.numel() for p in sub.parameters()) == summary["best_params"] <= 0.5 * summary["full_params"]
     assert "best subnet <50%" in out

@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 import osf
 import osf.search.run as run_mod
 from osf.cli import app
-from tests.search_fakes import FakeSupernet, ResMLP
 from tests.test_evaluators import write_cifar
 
 runner = CliRunner()
@@ -65,57 +64,42 @@ def test_extract_argument_errors(tmp_path):
     one_line_error(invoke("extract", str(tmp_path), "--out", str(tmp_path / "o")), "exactly one of")
 
 
-class ImageResMLP(ResMLP):
-    """The test supernet's MLP fed with pooled image pixels."""
-
-    def forward(self, x):
-        return super().forward(F.adaptive_avg_pool2d(x, 2).flatten(1)[:, :8])
-
-
-@pytest.fixture
-def fake_models(monkeypatch):
-    saved = {}
-    monkeypatch.setattr(run_mod, "load_model", lambda name: (ImageResMLP(), None))
-    monkeypatch.setattr(osf, "supernet", lambda model: FakeSupernet(model), raising=False)
-
-    def save_subnet(sub, path):
-        path.mkdir(parents=True, exist_ok=True)
-        torch.save(sub.state_dict(), path / "weights.pt")
-        saved["sub"] = sub
-
-    monkeypatch.setattr(osf, "save_subnet", save_subnet, raising=False)
-    return saved
-
-
-def test_search_resume_and_extract_end_to_end(tmp_path, fake_models):
+def test_search_resume_and_extract_end_to_end(tmp_path):
+    """The built-in tiny ViT through the real supernet: search, resume, extract, load."""
     write_cifar(tmp_path / "c10", "cifar10", n_test=30)
     out = tmp_path / "run"
-    args = ["search", "tiny", "--task", "cifar10", "--data", str(tmp_path / "c10"), "--trials", "6",
+    args = ["search", "tiny-vit", "--task", "cifar10", "--data", str(tmp_path / "c10"), "--trials", "6",
             "--max-params", "0.5", "--out", str(out)]
     res = invoke(*args)
     assert res.exit_code == 0, res.output
     for f in ("run.json", "trials.csv", "pareto.json", "space.json", "pareto.png", "study.journal"):
         assert (out / f).is_file(), f
     spec = json.loads((out / "run.json").read_text())
-    assert spec["model"] == "tiny" and spec["task"] == "cifar10" and spec["max_params"] == 0.5
+    assert spec["model"] == "tiny-vit" and spec["task"] == "cifar10" and spec["max_params"] == 0.5
     res = invoke(*[a if a != "6" else "8" for a in args])  # resume to 8 trials
     assert res.exit_code == 0, res.output
     import pandas as pd
 
     assert len(pd.read_csv(out / "trials.csv")) == 8
-    res = invoke("search", "other", "--task", "cifar10", "--data", str(tmp_path / "c10"), "--out", str(out))
+    res = invoke("search", "tiny-mamba", "--task", "cifar10", "--data", str(tmp_path / "c10"), "--out", str(out))
     one_line_error(res, "holds another run")
 
     res = invoke("extract", str(out), "--best", "--max-params", "0.5", "--out", str(tmp_path / "sub"))
     assert res.exit_code == 0, res.output
-    sn = FakeSupernet(ImageResMLP())
-    n = sum(p.numel() for p in fake_models["sub"].parameters())
+    from osf.models import load_model
+
+    sub = osf.load_subnet(tmp_path / "sub")
+    sn = osf.supernet(load_model("tiny-vit"))
+    n = sum(p.numel() for p in sub.parameters())
     assert n <= 0.5 * sn.num_params()
     pareto = json.loads((out / "pareto.json").read_text())["pareto"]
-    best = max(pareto, key=lambda p: p["score"])
-    assert n == sn.num_params(best["config"])
+    feasible = [p for p in pareto if p["params"] <= 0.5 * sn.num_params()]
+    best = max(feasible, key=lambda p: p["score"])
+    assert n == sn.num_params(best["config"]) == best["params"]
+    assert (tmp_path / "sub" / "README.md").is_file()
     res = invoke("extract", str(out), "--trial", "0", "--out", str(tmp_path / "sub0"))
-    assert res.exit_code == 0 and sum(p.numel() for p in fake_models["sub"].parameters()) == sn.num_params()
+    assert res.exit_code == 0, res.output
+    assert sum(p.numel() for p in osf.load_subnet(tmp_path / "sub0").parameters()) == sn.num_params()
     one_line_error(invoke("extract", str(out), "--trial", "99", "--out", str(tmp_path / "s")), "does not exist")
 
 
@@ -123,10 +107,7 @@ def test_search_resume_and_extract_end_to_end(tmp_path, fake_models):
 def test_search_cli_with_a_language_model(tmp_path, monkeypatch, tiny_lm, tokenizer, lastword_task, corpus, task):
     import copy
 
-    from tests.search_fakes import DepthSupernet
-
     monkeypatch.setattr(run_mod, "load_model", lambda name: (copy.deepcopy(tiny_lm), tokenizer))
-    monkeypatch.setattr(osf, "supernet", lambda model: DepthSupernet(model), raising=False)
     task_dir, name = lastword_task
     if task == "lm":
         extra = ["--task", name, "--include-path", str(task_dir), "--limit", "3"]

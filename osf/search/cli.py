@@ -129,6 +129,13 @@ def extract_cmd(
     osf.save_subnet(sub, out)
     if pre is not None and hasattr(pre, "save_pretrained"):
         pre.save_pretrained(str(out))
+    from osf.search.card import write_card
+
+    rows = result.trials
+    row = rows[rows["number"] == number].iloc[0].to_dict() if "number" in rows else {}
+    metrics = {k: row.get(k) for k in ("score", "params", "macs", "latency")}
+    metrics["params"] = sn.num_params(cfg)
+    write_card(out, spec["model"], spec["task"], number, cfg, metrics, sn.num_params(sn.space.largest()))
     typer.echo(f"trial {number}: {sn.num_params(cfg):,} parameters -> {out}")
 
 
