@@ -14,7 +14,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	touch $@
 
 demo: install
-	$(OFFLINE) $(VENV)/bin/osf inspect tiny-mamba
+	$(OFFLINE) $(VENV)/bin/osf demo
 
 test: install
 	$(OFFLINE) TRITON_INTERPRET=1 $(PY) -m pytest -q tests

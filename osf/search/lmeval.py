@@ -144,7 +144,7 @@ class LMEval:
 
             if self.device is not None:
                 model.to(self.device)
-            self._lm = HFLM(pretrained=model, tokenizer=self.tokenizer, batch_size=self.batch_size)
+            self._lm = _QuietHFLM(pretrained=model, tokenizer=self.tokenizer, batch_size=self.batch_size)
             self._lm_model = model
         return self._lm
 
@@ -194,3 +194,31 @@ class LMEval:
         """A batch of one 64-token text, for MACs/latency."""
         ids = self.tokenizer("The quick brown fox jumps over the lazy dog. " * 8, return_tensors="pt")["input_ids"]
         return {"input_ids": ids[:, :64]}
+
+
+def _quiet_hflm_class():
+    from lm_eval.models.huggingface import HFLM
+
+    class QuietHFLM(HFLM):
+        """HFLM without per-call progress bars: a search shows one bar over its trials."""
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=True)
+
+    return QuietHFLM
+
+
+def _QuietHFLM(**kwargs):  # noqa: N802 (a class made on first use: lm-eval imports lazily)
+    global _QUIET_CLS
+    if _QUIET_CLS is None:
+        _QUIET_CLS = _quiet_hflm_class()
+    return _QUIET_CLS(**kwargs)
+
+
+_QUIET_CLS = None
