@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from osf.ir.apply import get_tensor
+from osf.ir.apply import get_tensor, remove_layers
 from osf.space import Config
 
 if TYPE_CHECKING:
@@ -83,21 +83,12 @@ def _changed_shapes(sn: "Supernet", cfg: Config) -> dict[str, list[int]]:
 
 def _remove_blocks(sub: nn.Module, sn: "Supernet", dropped: list[str]) -> None:
     """Shrink layer lists and renumber the ``layer_idx`` HF caches index by."""
-    by_stack: dict[str, list[int]] = {}
+    by_stack: dict[str, set[int]] = {}
     for b in sn.ir.blocks:
         if b.name in dropped:
-            by_stack.setdefault(b.stack, []).append(b.index)
+            by_stack.setdefault(b.stack, set()).add(b.index)
     for stack, indices in by_stack.items():
-        lst = sub.get_submodule(stack) if stack else sub
-        kept = [m for i, m in enumerate(lst) if i not in indices]
-        new = type(lst)(kept) if isinstance(lst, nn.ModuleList) else nn.Sequential(*kept)
-        owner, _, leaf = stack.rpartition(".")
-        parent = sub.get_submodule(owner) if owner else sub
-        setattr(parent, leaf, new)
-        for new_idx, layer in enumerate(kept):
-            for mod in layer.modules():
-                if isinstance(getattr(mod, "layer_idx", None), int):
-                    mod.layer_idx = new_idx
+        remove_layers(sub, stack, indices)
 
 
 def _check_all_from_supernet(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[str]) -> None:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from osf.elastic.extract import META_ATTR
-from osf.ir.apply import set_tensor, sync_module_attributes
+from osf.ir.apply import remove_layers, set_tensor, sync_module_attributes
 
 META_FILE = "osf_subnet.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -103,15 +103,7 @@ def _drop(model: nn.Module, dropped: list[str]) -> None:
         stack, _, idx = name.rpartition(".")
         by_stack.setdefault(stack, set()).add(int(idx))
     for stack, indices in by_stack.items():
-        lst = model.get_submodule(stack) if stack else model
-        kept = [m for i, m in enumerate(lst) if i not in indices]
-        owner, _, leaf = stack.rpartition(".")
-        parent = model.get_submodule(owner) if owner else model
-        setattr(parent, leaf, type(lst)(kept) if isinstance(lst, nn.ModuleList) else nn.Sequential(*kept))
-        for new_idx, layer in enumerate(kept):
-            for mod in layer.modules():
-                if isinstance(getattr(mod, "layer_idx", None), int):
-                    mod.layer_idx = new_idx
+        remove_layers(model, stack, indices)
 
 
 def _copy_fields(dst: Any, src: Any) -> None:

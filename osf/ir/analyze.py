@@ -1,11 +1,9 @@
 """Coupling analysis: from a traced graph to elastic dims, blocks and size attributes."""
 from __future__ import annotations
 
-import re
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any
 
-import torch
 import torch.fx as fx
 from torch import nn
 
@@ -160,8 +158,6 @@ class Context:
             if st is not None and st.kind == "prod" and len(st.parts) == 2:
                 self.bind_source(src[1], st.parts[0])
                 self.bind_source(src[2], st.parts[1])
-            elif _attr_only(src):
-                self.attrs.append(AttrBinding(*_attr_target(src), var)) if False else None
 
     def bind_size_args(self, node: fx.Node, out: list[int], start: int, fix_others: bool = False) -> list[int]:
         args = node.args[start:]
@@ -180,8 +176,6 @@ class Context:
             return bound
         for j, (s, path) in enumerate(zip(sizes, paths)):
             src = sources.get(path)
-            if src is None and isinstance(s, fx.Node):
-                src = _size_source(s)
             if src is not None and src[0] in ("attr", "size", "mul"):
                 self.bind_source(src, out[j])
                 bound.append(j)
@@ -277,18 +271,6 @@ class Context:
         for k in range(min(len(xa), len(out)) - 1):
             if sx[k] == so[k]:
                 self.unify(xa[k], out[k])
-
-
-def _attr_only(src: Any) -> bool:
-    return False
-
-
-def _attr_target(src: Any):
-    return None
-
-
-def _size_source(n: fx.Node):
-    return None
 
 
 # --------------------------------------------------------------------------- leaves

@@ -167,6 +167,20 @@ def drop_block(ir: IR, model: nn.Module, name: str) -> None:
     parent[block.index] = SkipBlock(tuple_len)
 
 
+def remove_layers(model: nn.Module, stack: str, indices: set[int]) -> None:
+    """Drop the ``indices`` of the layer list at ``stack`` and renumber ``layer_idx`` attributes
+    (what Hugging Face caches index by) of the layers that stay."""
+    lst = model.get_submodule(stack) if stack else model
+    kept = [m for i, m in enumerate(lst) if i not in indices]
+    owner, _, leaf = stack.rpartition(".")
+    parent = model.get_submodule(owner) if owner else model
+    setattr(parent, leaf, type(lst)(kept) if isinstance(lst, nn.ModuleList) else nn.Sequential(*kept))
+    for new_idx, layer in enumerate(kept):
+        for mod in layer.modules():
+            if isinstance(getattr(mod, "layer_idx", None), int):
+                mod.layer_idx = new_idx
+
+
 def _check_dims(ir: IR, values: Mapping[str, object]) -> None:
     unknown = [d for d in values if d not in ir.dims]
     if unknown:

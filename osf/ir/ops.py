@@ -6,7 +6,6 @@ An op without a rule fixes every axis it touches: conservative, never wrong.
 """
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -56,7 +55,7 @@ relu relu_ gelu silu sigmoid tanh exp exp_ log neg abs sqrt rsqrt reciprocal sin
 float half bfloat16 double to type type_as contiguous clone detach detach_ __neg__ logical_not sign floor ceil
 round exp2 log1p log2 log10 expm1 square nan_to_num elu leaky_relu hardtanh hardswish hardsigmoid mish
 gelu_ softmax log_softmax _softmax normalize cumsum cumprod tril triu fill_ zero_ __invert__ bool long int
-cpu cuda sigmoid_ tanh_ silu_ relu6 selu celu glu_ logit alpha_dropout feature_alpha_dropout dropout1d
+cpu cuda sigmoid_ tanh_ silu_ relu6 selu celu logit alpha_dropout feature_alpha_dropout dropout1d
 dropout2d dropout3d softsign tanhshrink threshold isnan isinf isfinite signbit trunc frac neg_ abs_ sqrt_
 mul_ div_ requires_grad_ zeros_like ones_like full_like empty_like rand_like randn_like randint_like
 float_power positive rsqrt_ clip clip_ sinh cosh asinh acosh atanh asin acos atan deg2rad rad2deg
@@ -68,15 +67,10 @@ def elementwise(ctx: "Context", node: fx.Node) -> None:
     out = ctx.axes(node)
     if out is None:
         return
-    dim_arg = None
-    if node.meta.get("op") == "glu_":
-        dim_arg = None
     for a in ctx.tensor_args(node):
         ax = ctx.axes(a)
-        if ax is None:
-            continue
-        ctx.unify_broadcast(out, ax, a, node)
-    del dim_arg
+        if ax is not None:
+            ctx.unify_broadcast(out, ax, a, node)
 
 
 @rule("glu")
@@ -811,6 +805,3 @@ def getitem_of_tuple(ctx, node):
         for u, v in zip(src_out[i], out):
             ctx.unify(u, v)
 
-
-def math_prod(xs) -> int:
-    return int(math.prod(xs))

@@ -15,11 +15,9 @@ and names the guard's module and source line when the two disagree.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import linecache
 import operator
 import os
-import sys
 import traceback
 import weakref
 from dataclasses import dataclass, field

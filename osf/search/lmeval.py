@@ -140,8 +140,6 @@ class LMEval:
     def lm(self, model: nn.Module) -> Any:
         """The ``HFLM`` wrapping ``model`` (rebuilt only when the model object changes)."""
         if self._lm is None or self._lm_model is not model:
-            from lm_eval.models.huggingface import HFLM
-
             if self.device is not None:
                 model.to(self.device)
             self._lm = _QuietHFLM(pretrained=model, tokenizer=self.tokenizer, batch_size=self.batch_size)
