@@ -1,7 +1,6 @@
 """A local tokenizer and a LAMBADA-style lm-eval task, made offline for tests."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 SENTENCES = [
@@ -30,27 +29,10 @@ def make_tokenizer(out_dir: Path):
 
 
 def make_lastword_task(out_dir: Path, name: str = "osf_lastword") -> Path:
-    """A task YAML like lm-eval's lambada_openai, over local JSON lines."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data = out_dir / f"{name}.jsonl"
-    data.write_text("".join(json.dumps({"text": s}) + "\n" for s in SENTENCES))
-    (out_dir / f"{name}.yaml").write_text(f"""task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: loglikelihood
-doc_to_text: "{{{{text.split(' ')[:-1]|join(' ')}}}}"
-doc_to_target: "{{{{' '+text.split(' ')[-1]}}}}"
-metric_list:
-  - metric: perplexity
-    aggregation: perplexity
-    higher_is_better: false
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-""")
+    """The library's LAMBADA-style task over :data:`SENTENCES` (short ones, so no length filter)."""
+    from osf.search.tasks import make_lastword_task as write_task
+
+    write_task([s + "." for s in SENTENCES], out_dir, name=name, n=None, min_words=2)  # passages end at a period
     return out_dir
 
 

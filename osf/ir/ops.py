@@ -173,67 +173,56 @@ def reshape(ctx, node):
     ctx.bind_size_args(node, out, start=1)
 
 
-@rule("permute")
-def permute(ctx, node):
-    x = _args(node)[0]
-    dims = _args(node)[1:] if len(_args(node)) > 2 or not isinstance(_arg(node, 1, "dims"), (tuple, list)) \
-        else _arg(node, 1, "dims")
-    xa, out = ctx.axes(x), ctx.axes(node)
-    if xa is None or out is None:
-        return
-    for j, d in enumerate(dims):
-        ctx.unify(out[j], xa[_norm_dim(int(d), len(xa))])
+def _permutes(perm_of: Callable[[fx.Node, int], list[int]]) -> OpRule:
+    """A rule for ops that reorder axes: output axis ``j`` is input axis ``perm_of(node, rank)[j]``."""
+
+    def apply(ctx: "Context", node: fx.Node) -> None:
+        xa, out = ctx.axes(_args(node)[0]), ctx.axes(node)
+        if xa is None or out is None:
+            return
+        for j, i in enumerate(perm_of(node, len(xa))):
+            ctx.unify(out[j], xa[i])
+
+    return apply
 
 
-@rule("transpose", "swapaxes", "swapdims", "transpose_")
-def transpose(ctx, node):
-    x = _args(node)[0]
-    xa, out = ctx.axes(x), ctx.axes(node)
-    if xa is None or out is None:
-        return
-    a, b = (_norm_dim(int(_arg(node, k, n)), len(xa)) for k, n in ((1, "dim0"), (2, "dim1")))
-    perm = list(range(len(xa)))
+def _permute_perm(node: fx.Node, n: int) -> list[int]:
+    args = _args(node)
+    dims = args[1:] if len(args) > 2 or not isinstance(_arg(node, 1, "dims"), (tuple, list)) else _arg(node, 1, "dims")
+    return [_norm_dim(int(d), n) for d in dims]
+
+
+def _transpose_perm(node: fx.Node, n: int) -> list[int]:
+    a, b = (_norm_dim(int(_arg(node, k, name)), n) for k, name in ((1, "dim0"), (2, "dim1")))
+    perm = list(range(n))
     perm[a], perm[b] = perm[b], perm[a]
-    for j, i in enumerate(perm):
-        ctx.unify(out[j], xa[i])
+    return perm
 
 
-@rule("t", "getattr:T", "getattr:mT", "mT", "getattr:mH", "getattr:H", "adjoint")
-def t(ctx, node):
-    x = _args(node)[0]
-    xa, out = ctx.axes(x), ctx.axes(node)
-    if xa is None or out is None:
-        return
-    perm = list(range(len(xa)))
-    if len(perm) >= 2:
-        if node.meta["op"] in ("t", "getattr:T") and len(perm) > 2:
-            perm = perm[::-1]
-        else:
-            perm[-1], perm[-2] = perm[-2], perm[-1]
-    for j, i in enumerate(perm):
-        ctx.unify(out[j], xa[i])
+def _t_perm(node: fx.Node, n: int) -> list[int]:
+    perm = list(range(n))
+    if n > 2 and node.meta["op"] in ("t", "getattr:T"):
+        return perm[::-1]
+    if n >= 2:
+        perm[-1], perm[-2] = perm[-2], perm[-1]
+    return perm
 
 
-@rule("movedim", "moveaxis")
-def movedim(ctx, node):
-    x = _args(node)[0]
-    xa, out = ctx.axes(x), ctx.axes(node)
-    if xa is None or out is None:
-        return
+def _movedim_perm(node: fx.Node, n: int) -> list[int]:
     src, dst = _arg(node, 1, "source"), _arg(node, 2, "destination")
-    src = [src] if isinstance(src, int) else list(src)
-    dst = [dst] if isinstance(dst, int) else list(dst)
-    n = len(xa)
-    src = [_norm_dim(s, n) for s in src]
-    dst = [_norm_dim(d, n) for d in dst]
-    order = [i for i in range(n) if i not in src]
-    perm = [None] * n
-    for s, d in zip(src, dst):
-        perm[d] = s
-    it = iter(order)
-    perm = [p if p is not None else next(it) for p in perm]
-    for j, i in enumerate(perm):
-        ctx.unify(out[j], xa[i])
+    src = [_norm_dim(s, n) for s in ([src] if isinstance(src, int) else src)]
+    dst = [_norm_dim(d, n) for d in ([dst] if isinstance(dst, int) else dst)]
+    perm: list[int | None] = [None] * n
+    for a, b in zip(src, dst):
+        perm[b] = a
+    rest = iter(i for i in range(n) if i not in src)
+    return [p if p is not None else next(rest) for p in perm]
+
+
+rule("permute")(_permutes(_permute_perm))
+rule("transpose", "swapaxes", "swapdims", "transpose_")(_permutes(_transpose_perm))
+rule("t", "getattr:T", "getattr:mT", "mT", "getattr:mH", "getattr:H", "adjoint")(_permutes(_t_perm))
+rule("movedim", "moveaxis")(_permutes(_movedim_perm))
 
 
 @rule("squeeze", "unsqueeze", "squeeze_", "unsqueeze_", "atleast_1d", "atleast_2d", "atleast_3d")
