@@ -415,7 +415,8 @@ def test_mamba_generate_with_cache_matches(kernel_calls, prompt_len):
 
 
 def test_mixer_forward_with_sliced_weights_matches_smaller_mixer():
-    """Replacing weights by prefix slices (attributes left stale) equals a genuinely smaller mixer."""
+    """Weights replaced by sub-range slices, attributes updated, equal a genuinely smaller mixer;
+    stale attributes are refused before the forward runs."""
     from transformers import MambaConfig
     from transformers.models.mamba.modeling_mamba import MambaMixer
     from osf.kernels.mamba import mamba_mixer_forward
@@ -426,14 +427,12 @@ def test_mixer_forward_with_sliced_weights_matches_smaller_mixer():
     small = MambaMixer(MambaConfig(hidden_size=16, state_size=n, intermediate_size=k, time_step_rank=r), 0)
     P = torch.nn.Parameter
     with torch.no_grad():
+        for t in (big.D, big.conv1d.bias, big.dt_proj.bias, big.A_log):
+            t.copy_(torch.randn_like(t))
         W = big.in_proj.weight
         xp = big.x_proj.weight
-        sliced = dict(
-            in_proj=torch.cat([W[:k], W[32:32 + k]]),
-            x_proj=torch.cat([xp[:r, :k], xp[4:4 + n, :k], xp[4 + 8:4 + 8 + n, :k]]),
-        )
-        big.in_proj.weight = P(sliced["in_proj"])
-        big.x_proj.weight = P(sliced["x_proj"])
+        big.in_proj.weight = P(torch.cat([W[:k], W[32:32 + k]]))
+        big.x_proj.weight = P(torch.cat([xp[:r, :k], xp[4:4 + n, :k], xp[4 + 8:4 + 8 + n, :k]]))
         big.conv1d.weight = P(big.conv1d.weight[:k].clone())
         big.conv1d.bias = P(big.conv1d.bias[:k].clone())
         big.dt_proj.weight = P(big.dt_proj.weight[:k, :r].clone())
@@ -443,11 +442,63 @@ def test_mixer_forward_with_sliced_weights_matches_smaller_mixer():
         big.out_proj.weight = P(big.out_proj.weight[:, :k].clone())
         small.load_state_dict(big.state_dict())
     h = torch.randn(2, 9, 16)
+    with torch.no_grad(), pytest.raises(ValueError, match="intermediate_size = 32 but its weights have 20"):
+        mamba_mixer_forward(big, h)
+    big.intermediate_size, big.ssm_state_size, big.time_step_rank = k, n, r
     with torch.no_grad():
         assert_close(mamba_mixer_forward(big, h), small(h), 1e-5, "sliced mixer")
-    with pytest.raises(ValueError, match="dt_proj.weight shape"):
-        big.dt_proj.weight = P(torch.randn(k + 1, r))
+    with pytest.raises(ValueError, match="time_step_rank = 3 but its weights have 4"):
+        big.dt_proj.weight = P(torch.randn(k, r + 1))
         mamba_mixer_forward(big, h)
+
+
+def test_patched_mixer_refuses_a_cache_it_does_not_use(monkeypatch):
+    """The drift that broke cached generation (a renamed cache argument, the cache dropped):
+    a patched mixer handed a cache that updates no state raises instead of generating wrong tokens."""
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+    from osf.kernels.mamba import patch_mamba
+    model = _tiny_mamba(4).eval()
+    ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(4))
+    original = MambaMixer.forward
+
+    def forward_that_drops_the_cache(self, hidden_states, cache=None, attention_mask=None, **kwargs):
+        return original(self, hidden_states, None, attention_mask)
+    monkeypatch.setattr(MambaMixer, "forward", forward_that_drops_the_cache)
+    with patch_mamba(model), pytest.raises(RuntimeError, match="was handed a cache and updated no state"):
+        model.generate(ids, max_new_tokens=2, do_sample=False)
+    with patch_mamba(model), torch.no_grad():
+        model(ids, use_cache=False)  # no cache handed: fine
+
+
+def test_kernel_hook_with_an_unknown_argument_raises(monkeypatch):
+    """A transformers release that passes new arguments to a kernel hook fails loudly."""
+    import transformers.models.mamba.modeling_mamba as modeling
+    from osf.kernels.mamba import patch_mamba
+    model = _tiny_mamba(5).eval()
+    with patch_mamba(model):
+        hook = modeling.mamba_selective_scan
+        original = modeling.MambaMixer.forward
+
+        def forward_with_new_argument(self, hidden_states, *args, **kwargs):
+            x = torch.zeros(1, self.intermediate_size, 3)
+            hook(x, x, -torch.ones(self.intermediate_size, self.ssm_state_size),
+                 torch.zeros(1, self.ssm_state_size, 3), torch.zeros(1, self.ssm_state_size, 3), chunk_size=64)
+            return original(self, hidden_states, *args, **kwargs)
+        monkeypatch.setattr(modeling.MambaMixer, "forward", forward_with_new_argument)
+        with pytest.raises(TypeError, match=r"mamba_selective_scan` with \['chunk_size'\]"):
+            model(torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_hooks_leave_unpatched_models_on_transformers_kernels(kernel_calls):
+    """Routing is scoped to patched mixers: another Mamba model in the process runs HF's own kernels."""
+    from osf.kernels.mamba import patch_mamba
+    patched, plain = _tiny_mamba(6).eval(), _tiny_mamba(6).eval()
+    ids = torch.randint(0, 64, (1, 7), generator=torch.Generator().manual_seed(6))
+    with patch_mamba(patched), torch.no_grad():
+        plain(ids)
+        assert kernel_calls.get("selective_scan", 0) == 0
+        patched(ids)
+        assert kernel_calls["selective_scan"] == 2
 
 
 def test_patch_mamba_rejects_model_without_mixer():

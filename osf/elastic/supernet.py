@@ -241,18 +241,14 @@ class Supernet:
 
         from osf.ir.trace import normalize_inputs
 
-        from osf.kernels.mamba import patch_mamba, unpatch_mamba
+        from osf.kernels.mamba import unpatched
 
         args, kwargs = normalize_inputs(inputs if inputs is not None else self.example_inputs)
-        patched = unpatch_mamba(self.model)  # count the model's own computation, whatever scan runs it
-        try:
-            with self.use(cfg if cfg is not None else self.config), eval_mode(self.model):
-                counter = FlopCounterMode(display=False)
-                with counter:
-                    self.model(*args, **kwargs)
-        finally:
-            if patched:
-                patch_mamba(self.model)
+        # count the model's own computation, whatever scan runs it
+        with unpatched(self.model), self.use(cfg if cfg is not None else self.config), eval_mode(self.model):
+            counter = FlopCounterMode(display=False)
+            with counter:
+                self.model(*args, **kwargs)
         return counter.get_total_flops() // 2
 
     # -------------------------------------------------------------- extraction
@@ -276,9 +272,9 @@ def _narrow_or_gather(t: torch.Tensor, axis: int, pos: torch.Tensor) -> tuple[to
 
 
 def _use_osf_kernels(model: nn.Module) -> None:
-    from osf.kernels.mamba import _is_mamba_mixer, patch_mamba
+    from osf.kernels.mamba import PATCH_FLAG, is_mamba_mixer, patch_mamba
 
-    if any(_is_mamba_mixer(m) and not getattr(m, "_osf_kernels_patched", False) for m in model.modules()):
+    if any(is_mamba_mixer(m) and not getattr(m, PATCH_FLAG, False) for m in model.modules()):
         patch_mamba(model)
 
 

@@ -1,70 +1,58 @@
-"""Hugging Face ``MambaMixer`` forward through osf.kernels, with every size read from the weights.
+"""Hugging Face Mamba mixers on osf.kernels, through Hugging Face's own forward.
 
-``mamba_mixer_forward`` mirrors transformers 5.x ``MambaMixer.forward`` (its non-fused path,
-including the cache logic) but never reads size attributes (``intermediate_size``,
-``ssm_state_size``, ``time_step_rank``, ...), so it keeps working when a supernet swaps the
-mixer's weights for smaller slices. ``patch_mamba`` routes every mixer of a model through it.
+Route (decided after transformers 5.24 renamed the mixer's ``cache_params`` argument to
+``cache`` under a copy of its forward that OSF used to keep, which then ran cached
+generation with no state and no error): OSF no longer copies ``MambaMixer.forward``.
+A patched mixer runs transformers' own ``forward`` unchanged (its argument names, its cache
+logic, its masking), and only the five kernel functions that forward calls through its
+kernel-function hooks (``mamba_selective_scan``, ``mamba_selective_state_update``,
+``causal_conv1d_fn``, ``causal_conv1d_update``, ``mamba_inner_fn``, module globals of the
+mixer's modeling file) are routed to :mod:`osf.kernels` while a patched mixer runs. Outside
+a patched mixer the hooks call transformers' own implementation, so other models in the
+process are untouched. Sizes come from the mixer's attributes (``intermediate_size``,
+``ssm_state_size``, ``time_step_rank``), which a supernet updates with every config; the
+patched forward checks them against the weights' shapes before each call.
+
+Loud failure instead of silent drift:
+- a hook whose name is missing from the modeling file, or a call with an argument OSF does
+  not know, raises (a transformers change shows up as an error, never as a wrong output);
+- a call that was handed a cache but updated no state in it raises ``RuntimeError``.
+
+Measured on the tiny test model and the demo model (``benchmarks/elastic.py``): the same
+kernels run as with the former copy, so times agree within noise.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import sys
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import osf.kernels as K
 
-_PATCH_FLAG = "_osf_kernels_patched"
+PATCH_FLAG = "_osf_kernels_patched"
+HOOK_NAMES = ("mamba_selective_scan", "mamba_selective_state_update", "causal_conv1d_fn",
+              "causal_conv1d_update", "mamba_inner_fn")
 
 
 @dataclass
-class MixerWeights:
-    """The tensors one mixer forward needs; sizes come from their shapes."""
+class _Call:
+    """What one patched mixer call asked of the kernels."""
 
-    in_proj_w: torch.Tensor  # (2 * d_inner, hidden)
-    in_proj_b: torch.Tensor | None
-    conv_w: torch.Tensor  # (d_inner, width)
-    conv_b: torch.Tensor | None
-    x_proj_w: torch.Tensor  # (dt_rank + 2 * d_state, d_inner)
-    dt_proj_w: torch.Tensor  # (d_inner, dt_rank)
-    dt_proj_b: torch.Tensor | None
-    A_log: torch.Tensor  # (d_inner, d_state)
-    D: torch.Tensor  # (d_inner,)
-    out_proj_w: torch.Tensor  # (hidden, d_inner)
-    out_proj_b: torch.Tensor | None
+    backend: str
+    state_updates: int = 0  # kernel calls that wrote a cache's recurrent or conv state
+    hooks: list[str] = field(default_factory=list)
 
 
-def mixer_weights(mixer: nn.Module) -> MixerWeights:
-    """Collect the weights of an HF-style mixer (a module may provide ``osf_mixer_weights()`` instead)."""
-    if hasattr(mixer, "osf_mixer_weights"):
-        return mixer.osf_mixer_weights()
-    w = MixerWeights(
-        mixer.in_proj.weight, mixer.in_proj.bias, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias,
-        mixer.x_proj.weight, mixer.dt_proj.weight, mixer.dt_proj.bias, mixer.A_log, mixer.D,
-        mixer.out_proj.weight, mixer.out_proj.bias,
-    )
-    d_inner, d_state = w.A_log.shape
-    dt_rank = w.x_proj_w.shape[0] - 2 * d_state
-    expected = {"in_proj.weight rows": (w.in_proj_w.shape[0], 2 * d_inner),
-                "conv1d.weight channels": (w.conv_w.shape[0], d_inner),
-                "x_proj.weight columns": (w.x_proj_w.shape[1], d_inner),
-                "dt_proj.weight shape": (tuple(w.dt_proj_w.shape), (d_inner, dt_rank)),
-                "D length": (w.D.shape[0], d_inner),
-                "out_proj.weight columns": (w.out_proj_w.shape[1], d_inner)}
-    for what, (got, want) in expected.items():
-        if got != want:
-            raise ValueError(f"mixer {what} is {got}, expected {want} from A_log shape {tuple(w.A_log.shape)}")
-    return w
+_ACTIVE: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("osf_mamba_call", default=None)
 
 
-def _mask(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Zero padding positions; x is (batch, L, channels), attention_mask (batch, L)."""
-    return x if attention_mask is None else (x * attention_mask[:, :, None]).to(x.dtype)
-
-
-def _activation(name: str | None) -> tuple[str | None, object]:
+def _activation(name: str | None) -> tuple[str | None, Callable | None]:
     """Kernel activation and an extra function for activations the kernels do not fuse."""
     if name in (None, "silu", "swish"):
         return name, None
@@ -72,69 +60,136 @@ def _activation(name: str | None) -> tuple[str | None, object]:
     return None, ACT2FN[name]
 
 
-def mamba_mixer_forward(mixer: nn.Module, hidden_states: torch.Tensor, cache_params=None,
-                        attention_mask: torch.Tensor | None = None, backend: str = "auto", **kwargs) -> torch.Tensor:
-    """Functional HF ``MambaMixer.forward`` (non-fused path) running scan and conv through osf.kernels.
+def _reject_unknown(hook: str, kwargs: dict[str, Any], ignorable: tuple[str, ...] = ()) -> None:
+    unknown = sorted(k for k, v in kwargs.items() if k not in ignorable and v is not None)
+    if unknown:
+        raise TypeError(f"transformers called the Mamba kernel hook `{hook}` with {unknown}, which osf.kernels "
+                        "does not know; this transformers release is not supported by this OSF version "
+                        "(pass kernels=False to osf.supernet to run transformers' own kernels)")
 
-    Args:
-        mixer: an HF ``MambaMixer`` (or any module with the same parameter names).
-        hidden_states: (batch, L, hidden).
-        cache_params: transformers' Mamba cache (``DynamicCache``) or None.
-        attention_mask: (batch, L) 0/1 padding mask or None.
-        backend: kernel backend, see ``osf.kernels.selective_scan``.
+
+def _scan(call: _Call, hidden_states, dt, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+          return_last_state=False, use_mambapy=False, use_associative_scan=False, **kwargs):
+    _reject_unknown("mamba_selective_scan", kwargs)
+    out = K.selective_scan(hidden_states, dt, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                           delta_softplus=delta_softplus, return_last_state=return_last_state,
+                           backend=call.backend)
+    call.state_updates += bool(return_last_state)
+    return out
+
+
+def _state_update(call: _Call, state, hidden_states, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False,
+                  z=None, **kwargs):
+    _reject_unknown("mamba_selective_state_update", kwargs)
+    call.state_updates += 1
+    return K.selective_state_update(state, hidden_states, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
+                                    dt_softplus=dt_softplus, backend=call.backend)
+
+
+def _conv(call: _Call, hidden_states, weight, bias=None, activation=None, **kwargs):
+    _reject_unknown("causal_conv1d_fn", kwargs)
+    act, extra = _activation(activation)
+    out = K.causal_conv1d(hidden_states.to(weight.dtype), weight, bias, activation=act, backend=call.backend)
+    return (out if extra is None else extra(out)).to(hidden_states.dtype)
+
+
+def _conv_update(call: _Call, hidden_states, conv_state, weight, bias=None, activation=None, **kwargs):
+    _reject_unknown("causal_conv1d_update", kwargs)
+    act, extra = _activation(activation)
+    call.state_updates += 1
+    out = K.causal_conv1d_update(hidden_states.to(weight.dtype), conv_state, weight, bias, activation=act,
+                                 backend=call.backend)
+    return (out if extra is None else extra(out)).to(hidden_states.dtype)
+
+
+_ROUTES: dict[str, Callable] = {"mamba_selective_scan": _scan, "mamba_selective_state_update": _state_update,
+                                "causal_conv1d_fn": _conv, "causal_conv1d_update": _conv_update}
+
+
+class _Hook:
+    """Stands in for one kernel function of a modeling file: osf.kernels inside a patched
+    mixer's forward, transformers' own implementation everywhere else."""
+
+    def __init__(self, name: str, original: Callable):
+        self.name, self.original = name, original
+        self.__wrapped__ = original
+
+    def __call__(self, *args, **kwargs):
+        call = _ACTIVE.get()
+        if call is None:
+            return self.original(*args, **kwargs)
+        call.hooks.append(self.name)
+        if self.name == "mamba_inner_fn":
+            # the fused training path exists only in mamba_ssm; the step-by-step path runs osf.kernels
+            return None
+        return _ROUTES[self.name](call, *args, **kwargs)
+
+
+def _install_hooks(modeling: types.ModuleType) -> None:
+    """Wrap the kernel functions of ``modeling`` once; a missing one is an unsupported release."""
+    missing = [n for n in HOOK_NAMES if not callable(getattr(modeling, n, None))]
+    if missing:
+        raise RuntimeError(f"{modeling.__name__} no longer defines the kernel hooks {missing} that OSF routes to "
+                           "osf.kernels; this transformers release is not supported by this OSF version "
+                           "(pass kernels=False to osf.supernet)")
+    for n in HOOK_NAMES:
+        fn = getattr(modeling, n)
+        if not isinstance(fn, _Hook):
+            setattr(modeling, n, _Hook(n, fn))
+
+
+def check_mixer_sizes(mixer: nn.Module) -> None:
+    """Raise ValueError when a mixer's size attributes disagree with its weights' shapes
+    (HF's forward splits ``x_proj``'s output by these attributes)."""
+    d_inner, d_state = mixer.A_log.shape
+    dt_rank = mixer.dt_proj.weight.shape[1]
+    expected = {"intermediate_size": d_inner, "ssm_state_size": d_state, "time_step_rank": dt_rank}
+    for attr, want in expected.items():
+        if getattr(mixer, attr) != want:
+            raise ValueError(f"mixer {attr} = {getattr(mixer, attr)} but its weights have {want} "
+                             f"(A_log {tuple(mixer.A_log.shape)}, dt_proj {tuple(mixer.dt_proj.weight.shape)})")
+    shapes = {"in_proj.weight rows": (mixer.in_proj.weight.shape[0], 2 * d_inner),
+              "conv1d.weight channels": (mixer.conv1d.weight.shape[0], d_inner),
+              "x_proj.weight": (tuple(mixer.x_proj.weight.shape), (dt_rank + 2 * d_state, d_inner)),
+              "D length": (mixer.D.shape[0], d_inner),
+              "out_proj.weight columns": (mixer.out_proj.weight.shape[1], d_inner)}
+    for what, (got, want) in shapes.items():
+        if got != want:
+            raise ValueError(f"mixer {what} is {got}, expected {want} from A_log {tuple(mixer.A_log.shape)} "
+                             f"and dt_proj {tuple(mixer.dt_proj.weight.shape)}")
+
+
+def _cache_argument(args: tuple, kwargs: dict) -> Any:
+    from transformers.cache_utils import Cache
+    return next((a for a in (*args, *kwargs.values()) if isinstance(a, Cache)), None)
+
+
+def mamba_mixer_forward(mixer: nn.Module, *args, backend: str = "auto", **kwargs) -> torch.Tensor:
+    """Run transformers' own forward of ``mixer`` with its kernels routed to :mod:`osf.kernels`.
+
+    Takes the arguments of the mixer class's ``forward`` (``hidden_states``, ``cache``,
+    ``attention_mask``...), passed through unchanged. Raises ValueError if the mixer's size
+    attributes disagree with its weights, RuntimeError if a cache was handed in and no state
+    of it was updated.
     """
-    w = mixer_weights(mixer)
-    d_inner, d_state = w.A_log.shape
-    dt_rank = w.x_proj_w.shape[0] - 2 * d_state
-    width = w.conv_w.shape[1]
-    seq_len, dtype = hidden_states.shape[1], hidden_states.dtype
-    layer_idx = mixer.layer_idx
-    if cache_params is not None:
-        conv_state = cache_params.get_conv_state(layer_idx, state_idx=0)
-        recurrent_state = cache_params.get_recurrent_state(layer_idx, state_idx=0)
-    else:
-        conv_state = recurrent_state = None
-
-    hidden_states = _mask(hidden_states, attention_mask)
-    projected = F.linear(hidden_states, w.in_proj_w, w.in_proj_b).transpose(1, 2)
-    A = -torch.exp(w.A_log.float())
-    x, gate = projected[:, :d_inner], projected[:, d_inner:]
-    act, extra_act = _activation(getattr(mixer, "activation", "silu"))
-
-    if conv_state is not None and seq_len == 1 and not cache_params.is_recording_past(layer_idx):
-        x = K.causal_conv1d_update(x, conv_state, w.conv_w, w.conv_b, activation=act, backend=backend)
-    else:
-        if cache_params is not None:
-            x = cache_params.update_conv_state(x, layer_idx, conv_kernel_size=width)
-        x = K.causal_conv1d(x.to(w.conv_w.dtype), w.conv_w, w.conv_b, activation=act, backend=backend).to(x.dtype)
-        if cache_params is not None:
-            x = x[:, :, -seq_len:]
-    if extra_act is not None:
-        x = extra_act(x)
-
-    x = _mask(x.transpose(1, 2), attention_mask)  # (batch, L, d_inner)
-    time_step, B, C = torch.split(F.linear(x, w.x_proj_w), [dt_rank, d_state, d_state], dim=-1)
-    time_step = w.dt_proj_w @ time_step.transpose(1, 2)
-    dt_bias = w.dt_proj_b.float() if w.dt_proj_b is not None else None
-
-    if recurrent_state is not None and seq_len == 1:
-        y = K.selective_state_update(recurrent_state, x[:, 0], time_step[..., 0], A, B[:, 0], C[:, 0], w.D,
-                                     z=gate[..., 0], dt_bias=dt_bias, dt_softplus=True,
-                                     backend=backend).unsqueeze(-1)
-    else:
-        want_state = cache_params is not None
-        result = K.selective_scan(x.transpose(1, 2), time_step, A, B.transpose(1, 2), C.transpose(1, 2),
-                                  D=w.D.float(), z=gate, delta_bias=dt_bias, delta_softplus=True,
-                                  return_last_state=want_state, backend=backend)
-        if want_state:
-            y, last = result
-            cache_params.update_recurrent_state(last, layer_idx)
-        else:
-            y = result
-    return F.linear(y.transpose(1, 2).to(dtype), w.out_proj_w, w.out_proj_b)
+    check_mixer_sizes(mixer)
+    modeling = sys.modules[type(mixer).__module__]
+    _install_hooks(modeling)
+    call = _Call(backend)
+    token = _ACTIVE.set(call)
+    try:
+        out = type(mixer).forward(mixer, *args, **kwargs)
+    finally:
+        _ACTIVE.reset(token)
+    if _cache_argument(args, kwargs) is not None and call.state_updates == 0:
+        raise RuntimeError(f"{type(mixer).__name__} (layer {getattr(mixer, 'layer_idx', '?')}) was handed a cache "
+                           f"and updated no state in it (kernel calls: {call.hooks}); cached generation would be "
+                           "wrong. This transformers release is not supported by this OSF version.")
+    return out
 
 
-def _is_mamba_mixer(module: nn.Module) -> bool:
+def is_mamba_mixer(module: nn.Module) -> bool:
+    """Whether ``module`` is transformers' ``MambaMixer`` (what :func:`patch_mamba` routes)."""
     try:
         from transformers.models.mamba.modeling_mamba import MambaMixer
     except ImportError:
@@ -150,9 +205,9 @@ class MambaPatch:
 
     def remove(self) -> None:
         for m in self.mixers:
-            if getattr(m, _PATCH_FLAG, False):
+            if getattr(m, PATCH_FLAG, False):
                 del m.forward
-                delattr(m, _PATCH_FLAG)
+                delattr(m, PATCH_FLAG)
         self.mixers = []
 
     def __enter__(self) -> "MambaPatch":
@@ -163,24 +218,37 @@ class MambaPatch:
 
 
 def patch_mamba(model: nn.Module, backend: str = "auto") -> MambaPatch:
-    """Route every HF ``MambaMixer`` in ``model`` through ``mamba_mixer_forward``.
+    """Route every HF ``MambaMixer`` in ``model`` through :func:`mamba_mixer_forward`.
 
     Sets an instance-level ``forward``; use the returned handle's ``remove()``, ``unpatch_mamba``,
     or ``with patch_mamba(model): ...`` to undo. Raises ValueError if the model has no mixer.
     """
-    mixers = [m for m in model.modules() if _is_mamba_mixer(m)]
+    mixers = [m for m in model.modules() if is_mamba_mixer(m)]
     if not mixers:
         raise ValueError(f"{type(model).__name__} contains no transformers MambaMixer to patch")
     for m in mixers:
-        def forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
-            return mamba_mixer_forward(self, hidden_states, cache_params, attention_mask, backend=backend)
+        _install_hooks(sys.modules[type(m).__module__])  # fail now, not at the first forward
+
+        def forward(self, *args, **kwargs):
+            return mamba_mixer_forward(self, *args, backend=backend, **kwargs)
         m.forward = types.MethodType(forward, m)
-        setattr(m, _PATCH_FLAG, True)
+        setattr(m, PATCH_FLAG, True)
     return MambaPatch(mixers)
 
 
 def unpatch_mamba(model: nn.Module) -> int:
     """Undo ``patch_mamba`` on every mixer of ``model``; returns how many were unpatched."""
-    mixers = [m for m in model.modules() if getattr(m, _PATCH_FLAG, False)]
+    mixers = [m for m in model.modules() if getattr(m, PATCH_FLAG, False)]
     MambaPatch(mixers).remove()
     return len(mixers)
+
+
+@contextlib.contextmanager
+def unpatched(model: nn.Module):
+    """Run a block with ``model``'s mixers on transformers' own kernels, then re-patch them."""
+    n = unpatch_mamba(model)
+    try:
+        yield model
+    finally:
+        if n:
+            patch_mamba(model)
