@@ -204,7 +204,7 @@ def run_demo(out_dir: str | Path = "osf-demo", trials: int = 20, train_seconds: 
         return summary
     cfg = json.loads(best["config"])
     sub = sn.extract(cfg)
-    osf.save_subnet(sub, out_dir / "subnet")
+    osf.save_subnet(sub, out_dir / "subnet", overwrite=True)  # a rerun replaces its own subnet
     tokenizer.save_pretrained(str(out_dir / "subnet"))
     print(f"\nfull model      : score {full_score:.3f}, {summary['full_params']:,} parameters")
     print(f"best subnet <50%: score {best['score']:.3f}, {int(best['params']):,} parameters "

@@ -7,13 +7,17 @@ choice per stack (``"<stack>:depth"``), which keeps the most important blocks.
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import json
 import math
+import numbers
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
+
+from osf.errors import InputTypeError
 
 Config = dict[str, Any]
 
@@ -93,32 +97,35 @@ class SearchSpace:
     def validate(self, cfg: Mapping[str, Any]) -> Config:
         """Check ``cfg`` and return it completed with omitted blocks (kept).
 
+        Sizes must be ints (numpy/torch integer scalars are taken as ints; floats and bools
+        are refused), keep flags bools.
+
         Raises:
-            ValueError: naming the offending dim or block and what is allowed.
+            ValueError: naming the offending dim or block and what is allowed (unknown names
+                come with the closest known ones).
+            osf.errors.InputTypeError: (a ``TypeError`` and a ``ValueError``) a value or the
+                config itself has the wrong type.
         """
         if not isinstance(cfg, Mapping):
-            raise ValueError(f"a config must be a dict of dim/block name -> value, got {type(cfg).__name__}")
+            raise InputTypeError(f"config must be a dict of dim/block name -> value (like space.largest()), "
+                                 f"got {type(cfg).__name__}")
         known = set(self.dims) | set(self.blocks)
         unknown = [k for k in cfg if k not in known]
         if unknown:
-            raise ValueError(
-                f"unknown name(s) in config: {unknown}; allowed dims: {_short(list(self.dims))}; "
-                f"blocks: {_short(self.blocks)}"
-            )
+            raise ValueError(f"unknown name(s) in config: {unknown}{_suggest(unknown, known)}; "
+                             f"allowed dims: {_short(list(self.dims))}; blocks: {_short(self.blocks)}")
         missing = [d for d in self.dims if d not in cfg]
         if missing:
             raise ValueError(f"config is missing dim(s) {_short(missing)}; every dim needs a size")
         out: Config = {}
         for d, choices in self.dims.items():
-            v = cfg[d]
-            if isinstance(v, bool) or not isinstance(v, int) or v not in choices:
+            v = _as_size(cfg[d], f"dim {d!r}", f"allowed sizes: {choices}")
+            if v not in choices:
                 raise ValueError(f"dim {d!r}: size {v!r} is not allowed; allowed sizes: {choices}")
-            out[d] = int(v)
+            out[d] = v
         for stack, names in self.stacks.items():
             for b in names:
-                keep = cfg.get(b, True)
-                if not isinstance(keep, bool):
-                    raise ValueError(f"block {b!r}: keep must be true or false, got {keep!r}")
+                keep = _as_keep(cfg.get(b, True), b)
                 out[b] = keep
             kept = sum(out[b] for b in names)
             lo = self.min_depth.get(stack, len(names))
@@ -133,31 +140,54 @@ class SearchSpace:
         """A copy with dim choices replaced by glob patterns, e.g. ``{"*:d_state": [16, 8]}``.
 
         ``overrides`` may be a dict, or the path of a JSON/YAML file holding one. The key
-        ``"depth"`` (a fraction) sets the minimum kept share of every stack.
+        ``"depth"`` (a fraction) sets the minimum kept share of every stack. Each list must
+        include the dim's full size (the largest config is the original model).
+
+        Raises:
+            ValueError: an unreadable file (named, with the line of a parse error), a pattern
+                that matches no dim (with close names), sizes out of 1..full or without full.
         """
         if isinstance(overrides, (str, Path)):
             overrides = _load_mapping(Path(overrides))
+        elif not isinstance(overrides, Mapping):
+            raise InputTypeError(f"space must be a dict of dim pattern -> sizes, or the path of a JSON/YAML file "
+                                 f"holding one, got {type(overrides).__name__}")
         dims = {d: list(c) for d, c in self.dims.items()}
         min_depth = dict(self.min_depth)
         for pattern, value in overrides.items():
+            if not isinstance(pattern, str):
+                raise InputTypeError(f"space: keys are dim-name patterns (strings such as '*:d_state'), "
+                                     f"got {pattern!r}")
             if pattern == "depth":
-                frac = float(value)
-                if not 0.0 < frac <= 1.0:
-                    raise ValueError(f"space override 'depth' must be a fraction in (0, 1], got {value!r}")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+                    raise ValueError(f"space override 'depth' must be a fraction in (0, 1] (the share of each "
+                                     f"stack's blocks that must stay), got {value!r}")
                 for s, names in self.stacks.items():
-                    min_depth[s] = max(1, math.ceil(frac * len(names) - 1e-9))
+                    min_depth[s] = max(1, math.ceil(float(value) * len(names) - 1e-9))
                 continue
             matched = [d for d in dims if fnmatch.fnmatchcase(d, pattern)]
             if not matched:
-                raise ValueError(f"space override {pattern!r} matches no dim; dims: {_short(list(dims))}")
-            if not isinstance(value, (list, tuple)) or not value:
-                raise ValueError(f"space override {pattern!r}: expected a non-empty list of sizes, got {value!r}")
+                raise ValueError(f"space override {pattern!r} matches no dim{_suggest_pattern(pattern, list(dims))}; "
+                                 f"dims: {_short(list(dims))}")
+            if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 1:
+                value = value.tolist()  # a numpy array of sizes
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+                raise ValueError(f"space override {pattern!r}: expected a non-empty list of sizes "
+                                 f"(e.g. [{self.dims[matched[0]][0]}, {max(1, self.dims[matched[0]][0] // 2)}]), "
+                                 f"got {value!r}")
             for d in matched:
                 full = self.dims[d][0]
-                bad = [v for v in value if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= full]
+                allowed = f"sizes are whole numbers from 1 to {full} (its original size)"
+                sizes = [_as_size(v, f"space override {pattern!r} for dim {d!r}", allowed) for v in value]
+                bad = [v for v in sizes if not 0 < v <= full]
                 if bad:
-                    raise ValueError(f"dim {d!r}: sizes {bad} are not in 1..{full} (its original size)")
-                dims[d] = sorted({full, *value}, reverse=True) if full in value else sorted(set(value), reverse=True)
+                    raise ValueError(f"space override {pattern!r} for dim {d!r}: sizes {bad} are out of range; "
+                                     f"{allowed}")
+                if full not in sizes:
+                    raise ValueError(f"space override {pattern!r} for dim {d!r}: the choices {sizes} leave out its "
+                                     f"full size {full}; the largest config must be the original model, so include "
+                                     f"{full} (e.g. {sorted({full, *sizes}, reverse=True)})")
+                dims[d] = sorted(set(sizes), reverse=True)
         return SearchSpace(dims=dims, stacks={s: list(b) for s, b in self.stacks.items()}, min_depth=min_depth)
 
     # --------------------------------------------------------- persistence
@@ -181,16 +211,93 @@ def _short(names: list[str], n: int = 8) -> str:
     return repr(names) if len(names) <= n else repr(names[:n])[:-1] + f", ... ({len(names)} in all)]"
 
 
+def _suggest(names: list, known: Iterable[str]) -> str:
+    """'' or '; did you mean ...' with the known names closest to ``names``."""
+    known = list(known)
+    hints = []
+    for n in names:
+        if isinstance(n, str) and n.endswith(DEPTH_SUFFIX):
+            hints.append(f"{n!r} is a search parameter, not a config entry: turn parameters into a config "
+                         "with space.to_config(params)")
+            continue
+        close = difflib.get_close_matches(str(n), known, n=3, cutoff=0.6)
+        if close:
+            hints.append(f"for {n!r} did you mean {' or '.join(map(repr, close))}?")
+    return "; " + "; ".join(hints) if hints else ""
+
+
+def _suggest_pattern(pattern: str, dims: list[str]) -> str:
+    """'' or '; did you mean ...': close dim names, and close ``*:<kind>`` patterns."""
+    kinds = sorted({"*:" + d.rpartition(":")[2] for d in dims if ":" in d})
+    by_kind = difflib.get_close_matches(pattern, kinds, n=3, cutoff=0.6)
+    by_name = difflib.get_close_matches(pattern, dims, n=3, cutoff=0.6)
+    glob = any(c in pattern for c in "*?[")
+    first, second = (by_kind, by_name) if glob else (by_name, by_kind)
+    close = first + [c for c in second if c not in first]
+    return f"; did you mean {' or '.join(map(repr, close[:3]))}?" if close else ""
+
+
+def _as_size(value: Any, what: str, allowed: str) -> int:
+    """``value`` as a Python int: ints and integer numpy/torch scalars pass; floats, bools
+    and strings are refused (``3.0`` would hide a computed size that is not whole)."""
+    if isinstance(value, bool) or _is_numpy_bool(value):
+        raise InputTypeError(f"{what}: size {value!r} is a bool, not a size; {allowed}")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if _is_int_tensor(value):
+        return int(value.item())
+    if isinstance(value, numbers.Real):
+        raise InputTypeError(f"{what}: size must be an int, got the float {value!r}; {allowed}")
+    raise InputTypeError(f"{what}: size must be an int, got {type(value).__name__} {value!r}; {allowed}")
+
+
+def _is_numpy_bool(value: Any) -> bool:
+    return type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool")
+
+
+def _is_int_tensor(value: Any) -> bool:
+    """A 0-dim integer torch tensor (``torch.tensor(16)``), without importing torch here."""
+    return (type(value).__module__.startswith("torch") and getattr(value, "shape", None) == ()
+            and str(getattr(value, "dtype", "")) in ("torch.int8", "torch.int16", "torch.int32", "torch.int64",
+                                                       "torch.uint8"))
+
+
+def _as_keep(value: Any, block: str) -> bool:
+    """A block's keep flag as a Python bool (numpy bools pass; 0/1 and strings do not)."""
+    if isinstance(value, bool):
+        return value
+    if _is_numpy_bool(value):
+        return bool(value)
+    raise InputTypeError(f"block {block!r}: keep must be True or False (a bool), got {type(value).__name__} {value!r}")
+
+
 def _load_mapping(path: Path) -> dict:
+    where = f"space file {str(path)!r}"
+    if not path.exists():
+        raise ValueError(f"{where} does not exist; space= takes a dict or the path of a JSON/YAML file")
     if not path.is_file():
-        raise ValueError(f"space file {str(path)!r} does not exist")
-    text = path.read_text()
+        raise ValueError(f"{where} is a folder; space= takes a dict or the path of a JSON/YAML file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where} cannot be read as text ({e})") from e
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+            line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(f"{where} is not valid YAML{line}: {problem}") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where} is not valid JSON at line {e.lineno}, column {e.colno}: {e.msg} "
+                             "(use a .yaml/.yml name for YAML)") from None
     if not isinstance(data, dict):
-        raise ValueError(f"space file {str(path)!r} must hold a mapping of pattern -> sizes")
+        raise ValueError(f"{where} must hold a mapping of pattern -> sizes (e.g. {{\"*:d_state\": [16, 8]}}), "
+                         f"got {type(data).__name__}")
     return data

@@ -13,24 +13,46 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_model
+from safetensors.torch import save_model
 from torch import nn
 
 from osf.elastic.extract import META_ATTR
+from osf.elastic.validate import (check_config_matches_weights, check_subnet_folder, prepare_save_folder, read_meta,
+                                  read_safetensors)
+from osf.errors import InputTypeError
 from osf.ir.apply import remove_layers, set_tensor, sync_module_attributes
 
 META_FILE = "osf_subnet.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def save_subnet(model: nn.Module, path: str | Path) -> Path:
-    """Save an extracted subnet (see :meth:`osf.Supernet.extract`) to the folder ``path``."""
+def save_subnet(model: nn.Module, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Save an extracted subnet (see :meth:`osf.Supernet.extract`) to the folder ``path``.
+
+    Args:
+        model: a subnet from ``sn.extract(config)`` (or ``osf.load_subnet``).
+        path: the folder; created if needed.
+        overwrite: replace a model already in ``path``. Without it such a folder is refused:
+            its stale tokenizer, generation config or weight shards would load with the subnet.
+            With it, the model files there (config.json, ``*.safetensors`` and their index,
+            generation_config.json, tokenizer files, README.md, osf_subnet.json) are removed
+            first; other files stay.
+
+    Raises:
+        osf.errors.FolderNotEmptyError: ``path`` holds a model and ``overwrite`` is false.
+        ValueError: ``model`` was not extracted by osf.
+    """
+    if not isinstance(model, nn.Module):
+        raise InputTypeError(f"model must be a subnet (an nn.Module from sn.extract(config)), "
+                             f"got {type(model).__name__}")
     meta = getattr(model, META_ATTR, None)
     if meta is None:
         raise ValueError("this model was not extracted by osf (no subnet description): use "
                          "sn.extract(config) to get a subnet, or save it with save_pretrained")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path = prepare_save_folder(path, overwrite)
+    meta = dict(meta)
+    if hasattr(getattr(model, "config", None), "to_dict"):
+        meta["hf_config"] = model.config.to_dict()  # lets load_subnet notice a hand-edited config.json
     if hasattr(model, "save_pretrained"):
         # current tensor names, so osf can read them back without transformers' renaming
         type(model).save_pretrained(model, path, save_original_format=False)
@@ -49,27 +71,32 @@ def load_subnet(path: str | Path, model: nn.Module | None = None) -> nn.Module:
             original architecture (its weights are replaced).
 
     Raises:
-        ValueError: the folder was not written by osf, or a tensor has the wrong shape.
+        ValueError: the folder is missing, was not written by osf, or is damaged: a truncated
+            or corrupt weights file, a tensor of the wrong shape, a ``config.json`` edited so
+            that it no longer matches the weights (each named).
     """
-    path = Path(path)
-    meta_file = path / META_FILE
-    if not meta_file.is_file():
-        raise ValueError(f"{str(path)!r} was not written by osf.save_subnet (no {META_FILE}); "
-                         "load it with from_pretrained instead")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != 1:
-        raise ValueError(f"{meta_file}: unknown format {meta.get('format')!r}")
+    path = check_subnet_folder(path, META_FILE)
+    meta = read_meta(path / META_FILE)
     if model is None:
         model = _build_original(meta)
+    elif not isinstance(model, nn.Module):
+        raise InputTypeError(f"model must be a fresh instance of the original architecture (an nn.Module), "
+                             f"got {type(model).__name__}")
     for name, shape in meta["shapes"].items():
         set_tensor(model, name, torch.empty(shape))
     for a in meta["attributes"]:
         setattr(model.get_submodule(a["module"]) if a["module"] else model, a["attr"], a["value"])
     sync_module_attributes(model)
     _drop(model, meta["dropped"])
-    if (path / "config.json").is_file() and hasattr(model, "config"):
-        _copy_fields(model.config, type(model.config).from_pretrained(path))
     state = _read_weights(path)
+    if (path / "config.json").is_file() and hasattr(model, "config"):
+        try:
+            saved = type(model.config).from_pretrained(path)
+        except Exception as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise ValueError(f"{path / 'config.json'} cannot be read ({reason}); save the subnet again") from None
+        check_config_matches_weights(model, saved, state, meta, path)
+        _copy_fields(model.config, saved)
     expected = model.state_dict()
     for k, v in state.items():
         if k in expected and tuple(expected[k].shape) != tuple(v.shape):
@@ -122,10 +149,10 @@ def _copy_fields(dst: Any, src: Any) -> None:
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise ValueError(f"{path}: no .safetensors weights")
+        raise ValueError(f"{path} holds no weights (*.safetensors): the folder is incomplete; save the subnet again")
     state: dict[str, torch.Tensor] = {}
     for f in files:
-        state.update(load_file(str(f)))
+        state.update(read_safetensors(f))
     return state
 
 

@@ -332,6 +332,9 @@ def supernet(model: nn.Module, example_inputs: Any = None, *, space: Any = None,
     Returns:
         A :class:`Supernet` whose largest config is the original model.
     """
+    from osf.elastic.validate import check_supernet_args  # bad input: one clear line; train mode: a warning
+
+    check_supernet_args(model, example_inputs, space, calibration, depth=depth, copy=copy, kernels=kernels)
     if importance not in IMPORTANCE_METHODS:
         raise ValueError(f"importance must be one of {IMPORTANCE_METHODS}, got {importance!r}")
     if importance == "activation" and calibration is None:
