@@ -102,6 +102,11 @@ def test_supernet_refuses_a_list_of_strings_as_example_inputs():
         osf.supernet(build("mlp")[0], ["the quick", "brown fox"])
 
 
+def test_supernet_refuses_a_numpy_array_as_example_inputs():
+    with pytest.raises(TypeError, match="example_inputs must be a tensor.*got ndarray: convert it with torch.from_numpy"):
+        osf.supernet(build("mlp")[0], np.zeros((2, 12), dtype=np.float32))
+
+
 def test_supernet_refuses_keyword_inputs_without_a_tensor():
     with pytest.raises(TypeError, match="example_inputs .*holds no tensor.*'input_ids': 'list'"):
         osf.supernet(build("tiny-mamba")[0], {"input_ids": [[3, 4, 5]]})
@@ -346,10 +351,29 @@ def test_load_subnet_on_a_plain_hugging_face_folder(tmp_path):
 
 
 def test_load_subnet_on_a_supernet_checkpoint(tmp_path):
+    from safetensors.torch import save_model
+
     (tmp_path / "ckpt").mkdir()
     torch.save(mlp_sn().model.state_dict(), tmp_path / "ckpt" / "supernet.pt")
     with pytest.raises(ValueError, match=r"not written by osf.save_subnet .*a torch checkpoint, not a subnet folder"):
         osf.load_subnet(tmp_path / "ckpt")
+    (tmp_path / "st").mkdir()
+    save_model(build("mlp")[0], str(tmp_path / "st" / "supernet.safetensors"))
+    with pytest.raises(ValueError, match=r"not written by osf.save_subnet .*a bare weights file"):
+        osf.load_subnet(tmp_path / "st")
+
+
+def test_load_subnet_refuses_a_model_of_another_architecture(tmp_path):
+    from zoo import MLP, TinyGPT
+
+    sn = mlp_sn()
+    osf.save_subnet(sn.extract(sn.space.smallest()), tmp_path / "mlp")
+    with pytest.raises(ValueError, match=r"model is a TinyGPT, but this subnet comes from a .*MLP: pass a fresh instance"):
+        osf.load_subnet(tmp_path / "mlp", model=TinyGPT())
+    with pytest.raises(TypeError, match=r"model must be a fresh instance of the original architecture .*got str"):
+        osf.load_subnet(tmp_path / "mlp", model="MLP")
+    loaded = osf.load_subnet(tmp_path / "mlp", model=MLP())
+    assert sum(p.numel() for p in loaded.parameters()) == sn.num_params(sn.space.smallest())
 
 
 # ------------------------------------------------------------------ save_subnet

@@ -82,6 +82,9 @@ def load_subnet(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     elif not isinstance(model, nn.Module):
         raise InputTypeError(f"model must be a fresh instance of the original architecture (an nn.Module), "
                              f"got {type(model).__name__}")
+    elif type(model).__qualname__ != str(meta["class"]).rpartition(".")[2]:
+        raise ValueError(f"model is a {type(model).__qualname__}, but this subnet comes from a {meta['class']}: "
+                         "pass a fresh instance of that architecture")
     for name, shape in meta["shapes"].items():
         set_tensor(model, name, torch.empty(shape))
     for a in meta["attributes"]:

@@ -86,7 +86,8 @@ def check_example_inputs(example_inputs: Any) -> None:
                         if isinstance(v, (str, bytes)) else "; pass non-tensor options in a dict of keyword inputs")
                 raise InputTypeError(f"{allowed}; positional input {i} is a {type(v).__name__}{hint}")
         return
-    raise InputTypeError(f"{allowed}, got {type(example_inputs).__name__}")
+    hint = ": convert it with torch.from_numpy(...)" if type(example_inputs).__module__ == "numpy" else ""
+    raise InputTypeError(f"{allowed}, got {type(example_inputs).__name__}{hint}")
 
 
 def warn_if_training(model: nn.Module) -> None:
@@ -128,6 +129,9 @@ def check_subnet_folder(path: Any, meta_file: str) -> Path:
                     "sn.extract(result.config(n))) and load that")
         elif any(f.endswith((".pt", ".pth", ".ckpt")) for f in files):
             what = ("a torch checkpoint, not a subnet folder: load it with torch.load, or save a subnet with "
+                    "osf.save_subnet(sn.extract(config), folder)")
+        elif any(f.endswith(".safetensors") for f in files) and "config.json" not in files:
+            what = ("a bare weights file (a checkpoint or state dict), not a subnet folder: save a subnet with "
                     "osf.save_subnet(sn.extract(config), folder)")
         elif "config.json" in files:
             what = ("a plain Hugging Face model: load it with AutoModel*.from_pretrained (and make a supernet of it "
