@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from osf.elastic.importance import eval_mode
+from osf.elastic.verify import relative_error, tolerance
 from osf.ir.apply import get_tensor, remove_layers
 from osf.space import Config
 
@@ -17,8 +19,25 @@ if TYPE_CHECKING:
 META_ATTR = "_osf_subnet"  # the subnet's description, written next to its weights by save_subnet
 
 
-def extract(sn: "Supernet", cfg: Config) -> nn.Module:
-    """Copy the model at ``cfg``: every tensor comes from the supernet, nothing is random."""
+def extract(sn: "Supernet", cfg: Config, verify: bool = True) -> nn.Module:
+    """Copy the model at ``cfg``: every tensor comes from the supernet, nothing is random.
+
+    With ``verify``, the copy must reproduce the supernet's outputs at ``cfg`` (see
+    :mod:`osf.elastic.verify`); a Hugging Face config is only said to express the subnet when
+    the class built from it computes the same outputs, whatever ``verify`` says.
+    """
+    from osf.elastic.supernet import check_inputs
+    from osf.elastic.verify import check_extract, run, vary_inputs
+
+    inputs = [check_inputs(sn.example_inputs)]
+    inputs.append(vary_inputs(inputs[0]))
+    with sn.use(cfg), eval_mode(sn.model):
+        expected = []
+        for inp in list(inputs):
+            try:
+                expected.append(run(sn.model, inp))
+            except Exception:  # one input shape only
+                inputs.remove(inp)
     with sn.use(cfg):
         memo: dict[int, Any] = {}
         for name in sn.ir.tensor_axes:
@@ -52,7 +71,13 @@ def extract(sn: "Supernet", cfg: Config) -> nn.Module:
     if hasattr(getattr(sub, "config", None), "to_dict"):
         from osf.elastic.hf_config import update_hf_config
 
-        meta["config_expresses_subnet"] = update_hf_config(sub, sn, cfg, dropped)
+        def computes_the_subnet(built: nn.Module) -> bool:
+            built.eval()
+            return all(relative_error(run(built, inp), want) <= tolerance(want) for inp, want in zip(inputs, expected))
+        meta["config_expresses_subnet"] = update_hf_config(sub, sn, cfg, dropped, computes_the_subnet)
+    if verify:
+        with eval_mode(sub):
+            check_extract(sn, cfg, sub, expected, inputs, lambda c: extract(sn, c, verify=False))
     setattr(sub, META_ATTR, meta)
     if hasattr(sub, "save_pretrained"):
         sub.save_pretrained = types.MethodType(_save_pretrained_with_meta, sub)

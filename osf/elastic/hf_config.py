@@ -10,7 +10,7 @@ with plain ``from_pretrained``.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -29,21 +29,35 @@ def _configs(config: Any) -> Iterator[tuple[str, Any]]:
             yield key, sub
 
 
-def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[str]) -> bool:
-    """Update ``sub.config`` for ``cfg``; True when the config alone rebuilds the subnet."""
+def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[str],
+                     computes_the_subnet: Callable[[nn.Module], bool] | None = None) -> bool:
+    """Update ``sub.config`` for ``cfg``; True when the config alone rebuilds the subnet.
+
+    Shapes and the size attributes the forward reads must match; then, if given,
+    ``computes_the_subnet(model)`` must accept the class built from the config with the
+    subnet's weights (equal shapes do not prove equal functions: a per-head size the
+    analysis could not bind may still differ)."""
     config = sub.config
     _update_depth(sub, sn, config, dropped)
     from osf.elastic.extract import renumber
 
     target = {k: tuple(v.shape) for k, v in sub.state_dict().items()}
-    recorded = []  # (module path in sub, attribute): sizes the forward pass reads
-    for a in sn.ir.attrs:
-        if not any(a.module == d or a.module.startswith(d + ".") for d in dropped):
+    in_dropped = lambda path: any(path == d or path.startswith(d + ".") for d in dropped)  # noqa: E731
+    recorded = []  # (module path in sub, attribute): sizes the forward pass reads, elastic or not
+    for a in sn.ir.read_attrs or sn.ir.attrs:
+        if not in_dropped(a.module):
             path = renumber(sn, a.module, dropped)
-            recorded.append((path, a.attr, getattr(sub.get_submodule(path) if path else sub, a.attr)))
+            owner = sub.get_submodule(path) if path else sub
+            if isinstance(getattr(owner, a.attr, None), int):
+                recorded.append((path, a.attr, getattr(owner, a.attr)))
     by_size: dict[int, set[int]] = {}
     for d in sn.ir.dims.values():
+        if d.members and all(in_dropped(m.tensor.rpartition(".")[0]) for m in d.members):
+            continue  # a dropped layer's widths describe nothing in the subnet
         by_size.setdefault(d.size, set()).add(cfg[d.name])
+    for original, new in _products(sn, cfg, in_dropped).items():
+        if original not in by_size:  # e.g. query heads = kv heads x queries per kv head
+            by_size[original] = new
     candidates = []
     for prefix, c in _configs(config):
         for field, value in c.to_dict().items():
@@ -60,31 +74,83 @@ def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[
                     if new and len(new) == 1 and next(iter(new)) != v:
                         candidates.append((c, field, i, next(iter(new))))
     best = _mismatches(sub, config, target, recorded)
-    pending = list(candidates)
+    applied: set[int] = set()
+
+    def apply(k: int) -> tuple[bool, Any]:
+        c, field, index, new = candidates[k]
+        old = getattr(c, field)
+        trial = list(old) if index is not None else new
+        if index is not None:
+            trial[index] = new
+        try:
+            setattr(c, field, trial)
+        except Exception:  # a config class that validates on assignment
+            return False, old
+        return True, old
+
+    pending = list(range(len(candidates)))
     while pending and best:  # fields interact (x_proj is rank + 2 * state): retry until stable
         still = []
-        for c, field, index, new in pending:
-            old = getattr(c, field)
-            trial = list(old) if index is not None else new
-            if index is not None:
-                trial[index] = new
-            try:
-                setattr(c, field, trial)
-            except Exception:  # a config class that validates on assignment
-                still.append((c, field, index, new))
-                continue
-            score = _mismatches(sub, config, target, recorded)
+        for k in pending:
+            ok, old = apply(k)
+            score = _mismatches(sub, config, target, recorded) if ok else best
             if score < best:
                 best = score
+                applied.add(k)
             else:
-                setattr(c, field, old)
-                still.append((c, field, index, new))
+                if ok:
+                    setattr(candidates[k][0], candidates[k][1], old)
+                still.append(k)
         if len(still) == len(pending):
             break
         pending = still
-    if best == 0:
+    computes = lambda: computes_the_subnet is None or computes_the_subnet(_built_with_weights(sub, config))  # noqa
+    expressed = best == 0 and computes()
+    if best == 0 and not expressed:
+        # equal shapes cannot tell 4 heads of 2 from 1 head of 8: also take the size fields
+        # that keep every shape, then let the computation decide
+        for k in range(len(candidates)):
+            if k not in applied:
+                ok, old = apply(k)
+                if ok and _mismatches(sub, config, target, recorded):
+                    setattr(candidates[k][0], candidates[k][1], old)
+        expressed = computes()
+    if expressed:
         _refresh_stale_attributes(sub, config)
-    return best == 0
+    return expressed
+
+
+def _built_with_weights(sub: nn.Module, config: Any) -> nn.Module:
+    """The class built from ``config`` and given ``sub``'s weights, as ``from_pretrained`` would."""
+    with torch.device("meta"):
+        built = type(sub)(copy.deepcopy(config))
+    built.load_state_dict(sub.state_dict(), strict=True, assign=True)
+    for name, buf in sub.named_buffers():
+        owner, _, leaf = name.rpartition(".")
+        (built.get_submodule(owner) if owner else built)._buffers[leaf] = buf
+    for name, mod in built.named_modules():  # non-persistent buffers built on meta come from sub
+        for leaf, buf in list(mod._buffers.items()):
+            if buf is not None and buf.is_meta:
+                mod._buffers[leaf] = sub.get_submodule(name).get_buffer(leaf)
+    return built
+
+
+def _products(sn: "Supernet", cfg: Config, in_dropped) -> dict[int, set[int]]:
+    """Sizes that are products of dims (structured axes such as heads x per-head groups):
+    original size -> the new sizes they take."""
+    alg, leaf_dim = sn.ir.alg, {d.var: d for d in sn.ir.dims.values()}
+    out: dict[int, set[int]] = {}
+    for root, struct in alg.defn.items():
+        if struct.kind != "prod" or alg.find(root) != root:
+            continue
+        leaves = alg.leaves(root)
+        dims = [leaf_dim.get(leaf) for leaf in leaves]
+        if not any(dims) or any(d is not None and all(in_dropped(m.tensor.rpartition(".")[0]) for m in d.members)
+                                for d in dims):
+            continue
+        sizes = {d.var: cfg[d.name] for d in dims if d is not None and d.name in cfg}
+        out.setdefault(alg.size[root], set()).add(alg.new_size(root, sizes))
+    return out
 
 
 def _refresh_stale_attributes(sub: nn.Module, config: Any) -> None:
@@ -117,15 +183,31 @@ def _update_depth(sub: nn.Module, sn: "Supernet", config: Any, dropped: list[str
                 continue
             if getattr(c, "num_hidden_layers", None) == original:
                 c.num_hidden_layers = n
+            # layer-index lists (a hybrid's attention layers) are renumbered first: per-layer
+            # type lists may be derived from them
+            for field, value in c.to_dict().items():
+                if _is_layer_index_list(field, value, original):
+                    kept = [i for i in range(original) if i not in removed]
+                    setattr(c, field, [kept.index(i) for i in value if i in kept])
             layer_types = getattr(c, "layer_types", None)
             if isinstance(layer_types, list) and len(layer_types) == original:
-                c.layer_types = [t for i, t in enumerate(layer_types) if i not in removed]
+                try:
+                    c.layer_types = [t for i, t in enumerate(layer_types) if i not in removed]
+                except AttributeError:  # derived from an index list, renumbered above
+                    pass
         depths = getattr(config, "depths", None)
         parts = stack.split(".")
         if isinstance(depths, list) and len(parts) >= 2 and parts[-1] == "blocks" and parts[-2].isdigit():
             depths = list(depths)
             depths[int(parts[-2])] = n
             config.depths = depths
+
+
+def _is_layer_index_list(field: str, value: Any, n_layers: int) -> bool:
+    """A config field listing some layers by index (``attn_layer_indices``...)."""
+    return ("layer" in field and isinstance(value, list) and 0 < len(value) < n_layers
+            and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_layers for i in value)
+            and value == sorted(set(value)))
 
 
 def _mismatches(sub: nn.Module, config: Any, target: dict[str, tuple], recorded: list[tuple]) -> int:

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
+from osf.elastic import verify as verify_module
 from osf.elastic.importance import (IMPORTANCE_METHODS, activation_importance, block_importance, eval_mode,
                                     magnitude_importance)
 from osf.ir import IR, analyze
@@ -252,13 +253,16 @@ class Supernet:
         return counter.get_total_flops() // 2
 
     # -------------------------------------------------------------- extraction
-    def extract(self, cfg: Mapping[str, Any] | None = None) -> nn.Module:
+    def extract(self, cfg: Mapping[str, Any] | None = None, verify: bool = True) -> nn.Module:
         """A real model for ``cfg``: same class as the original, independent weights,
-        dropped layers removed, size attributes and (Hugging Face) config updated."""
+        dropped layers removed, size attributes and (Hugging Face) config updated.
+
+        With ``verify`` (default) the model must reproduce the supernet's outputs at ``cfg``,
+        else :class:`osf.VerificationError` names the dim at fault."""
         from osf.elastic.extract import extract
 
         cfg = self.space.validate(cfg) if cfg is not None else self.config
-        return extract(self, cfg)
+        return extract(self, cfg, verify=verify)
 
     def __repr__(self) -> str:
         return f"Supernet({type(self.model).__name__}, {self.space!r})"
@@ -314,7 +318,7 @@ def build_space(ir: IR, block_order: list[str] | None = None, depth: bool = True
 
 def supernet(model: nn.Module, example_inputs: Any = None, *, space: Any = None, importance: str = "magnitude",
              calibration: Iterable[Any] | None = None, depth: bool = True, copy: bool = False,
-             kernels: bool = True) -> Supernet:
+             kernels: bool = True, verify: bool = True) -> Supernet:
     """Turn ``model`` into a weight-sharing supernet, in place.
 
     Args:
@@ -328,13 +332,17 @@ def supernet(model: nn.Module, example_inputs: Any = None, *, space: Any = None,
         copy: build on a deep copy and leave ``model`` untouched.
         kernels: run Hugging Face Mamba mixers through :mod:`osf.kernels` (the fused CUDA
             scan when ``mamba_ssm`` is present, OSF's own scans otherwise).
+        verify: check that the largest config reproduces the original model's outputs on the
+            example inputs and on a second input shape; on a mismatch raise
+            :class:`osf.VerificationError` naming the dim at fault.
 
     Returns:
         A :class:`Supernet` whose largest config is the original model.
     """
     from osf.elastic.validate import check_supernet_args  # bad input: one clear line; train mode: a warning
 
-    check_supernet_args(model, example_inputs, space, calibration, depth=depth, copy=copy, kernels=kernels)
+    check_supernet_args(model, example_inputs, space, calibration, depth=depth, copy=copy, kernels=kernels,
+                        verify=verify)
     if importance not in IMPORTANCE_METHODS:
         raise ValueError(f"importance must be one of {IMPORTANCE_METHODS}, got {importance!r}")
     if importance == "activation" and calibration is None:
@@ -344,19 +352,33 @@ def supernet(model: nn.Module, example_inputs: Any = None, *, space: Any = None,
     if example_inputs is None:
         example_inputs = default_inputs(model)
     with eval_mode(model):
+        reference = verify_module.Reference.capture(model, check_inputs(example_inputs)) if verify else None
         ir = analyze(model, _first_samples(example_inputs))
         if not ir.dims and not ir.blocks:
             raise ValueError(f"{type(model).__name__} has no elastic dims and no droppable blocks: "
                              "nothing to search (see `osf inspect` for why)")
+        space_obj = build_space(ir, None, depth=depth)
+        if space is not None:
+            space_obj = space_obj.restrict(space)
+        # a dim kept whole by space= is not reordered: pinning it keeps a doubtful dim out entirely
+        permuted = [d for d in ir.dims if max(space_obj.dims.get(d, [0])) != min(space_obj.dims.get(d, [0]))]
         calibration = list(calibration) if calibration is not None else None
         scores = (activation_importance(ir, calibration, model) if importance == "activation"
                   else magnitude_importance(ir, model))
-        permute_dims(ir, {d: torch.argsort(s, descending=True, stable=True) for d, s in scores.items()})
+        permute_dims(ir, {d: torch.argsort(scores[d], descending=True, stable=True) for d in permuted})
         block_scores = block_importance(ir, calibration or [example_inputs], model) if ir.blocks else {}
-    if kernels:
-        _use_osf_kernels(model)
-    order = sorted(block_scores, key=lambda b: block_scores[b])
-    space_obj = build_space(ir, order, depth=depth)
-    if space is not None:
-        space_obj = space_obj.restrict(space)
-    return Supernet(model, ir, space_obj, example_inputs)
+        if kernels:
+            _use_osf_kernels(model)
+        order = sorted(block_scores, key=lambda b: block_scores[b])
+        space_obj = build_space(ir, order, depth=depth)
+        if space is not None:
+            space_obj = space_obj.restrict(space)
+        sn = Supernet(model, ir, space_obj, example_inputs)
+        if reference is not None:
+            verify_module.check_build(sn, reference, permuted)
+    return sn
+
+
+def check_inputs(example_inputs: Any) -> Any:
+    """What the guards run on: the first two samples (first 16 tokens) of the example inputs."""
+    return _first_samples(example_inputs, n=2)

@@ -42,6 +42,14 @@ class Context:
             self.canonical[name] = first.setdefault(id(t), name)
             self.param_shapes[first[id(t)]] = tuple(t.shape)
 
+    def user_module(self, path: str) -> nn.Module | None:
+        """The model's module at a traced module path (``model.``-prefixed), or None."""
+        model = self.gm.meta["osf"]["model"]
+        try:
+            return model.get_submodule(_rel(path)) if _rel(path) else model
+        except AttributeError:
+            return None
+
     # ------------------------------------------------------------------ values
     def shape(self, x: Any) -> tuple[int, ...] | None:
         if isinstance(x, fx.Node):
@@ -485,10 +493,13 @@ def _build_ir(ctx: Context, gm: fx.GraphModule, model: nn.Module) -> IR:
 
     # attributes: keep those whose expression involves an elastic leaf
     elastic = {d.var for d in dims.values()}
-    attrs = []
-    seen = set()
+    attrs, read_attrs = [], []
+    seen, seen_read = set(), set()
     for b in ctx.attrs:
         key = (b.module, b.attr)
+        if key not in seen_read:
+            seen_read.add(key)
+            read_attrs.append(b)
         if key in seen:
             continue
         if _expr_leaves(alg, b.expr) & elastic:
@@ -500,7 +511,7 @@ def _build_ir(ctx: Context, gm: fx.GraphModule, model: nn.Module) -> IR:
         reasons[str(r)] = why
     return IR(model=model, graph=gm, alg=alg, dims=dims, blocks=find_blocks(gm, model), attrs=attrs,
               tensor_axes=tensor_axes, fixed_reasons=reasons, unhandled_ops=dict(ctx.unhandled),
-              tied={_rel(a): _rel(c) for a, c in ctx.canonical.items() if a != c})
+              tied={_rel(a): _rel(c) for a, c in ctx.canonical.items() if a != c}, read_attrs=read_attrs)
 
 
 def _expr_leaves(alg: AxisAlgebra, expr: Any) -> set[int]:

@@ -78,6 +78,8 @@ class IR:
     fixed_reasons: dict[str, str] = field(default_factory=dict)
     unhandled_ops: dict[str, int] = field(default_factory=dict)
     tied: dict[str, str] = field(default_factory=dict)  # alias tensor name -> canonical name
+    # every size attribute the forward reads, elastic or not (``attrs`` holds the elastic ones)
+    read_attrs: list[AttrBinding] = field(default_factory=list)
 
     # ----------------------------------------------------------------- queries
     @property

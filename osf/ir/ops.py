@@ -686,6 +686,10 @@ def embedding(ctx, node):
     ctx.embedding(ia, wa, out)
 
 
+# module attributes that hold the number of query heads per key/value head (HF, vLLM-style names)
+GQA_GROUP_ATTRIBUTES = ("num_key_value_groups", "num_kv_groups", "n_rep", "num_queries_per_kv")
+
+
 @rule("scaled_dot_product_attention")
 def sdpa(ctx, node):
     q, k, v = _args(node)[0], _args(node)[1], _args(node)[2]
@@ -697,6 +701,21 @@ def sdpa(ctx, node):
     ctx.unify(out[-1], va[-1])
     ctx.unify(out[-2], qa[-2])
     sq, sk, sv, so = ctx.shape(q), ctx.shape(k), ctx.shape(v), ctx.shape(node)
+    if len(qa) >= 3 and len(ka) >= 3 and len(va) >= 3:
+        if sk[-3] == sv[-3]:
+            ctx.unify(ka[-3], va[-3])  # key and value heads pair up, grouped or not
+        if _arg(node, 7, "enable_gqa", False) and sq[-3] != sk[-3] and sk[-3] > 0 and sq[-3] % sk[-3] == 0:
+            # grouped-query attention: query head h reads kv head h // (Hq / Hkv), so the query
+            # heads are (kv heads x queries per kv head), row-major
+            per_group = ctx.alg.new(sq[-3] // sk[-3])
+            ctx.alg.define(qa[-3], "prod", [ka[-3], per_group], "grouped-query attention")
+            module = node.meta.get("module", "")
+            ctx.name_var(ka[-3], f"{module}:kv_heads", "heads")
+            ctx.name_var(per_group, f"{module}:q_per_kv", "heads")
+            owner = ctx.user_module(module)
+            for attr in GQA_GROUP_ATTRIBUTES:  # the paths without enable_gqa (masks, decoding) read it
+                if int(getattr(owner, attr, 0) or 0) == sq[-3] // sk[-3]:
+                    ctx.bind_attr(module, attr, per_group)
     for vars_, shp in ((qa, sq), (ka, sk), (va, sv)):
         for i in range(3, len(vars_) + 1):
             if shp[-i] == so[-i]:

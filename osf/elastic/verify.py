@@ -1,0 +1,209 @@
+"""Guards that keep a wrong model from leaving OSF silently.
+
+* Build time (:func:`check_build`): after channels are reordered, the supernet's largest
+  config must reproduce the original model's outputs, on the example inputs and on a second
+  input with another batch size (and sequence length, for token inputs) where the model
+  takes one. On a mismatch each dim is permuted alone: a dim whose own permutation changes
+  the output has a member the analysis missed, and the error names it.
+* Extract time (:func:`check_extract`): the extracted model must reproduce the supernet at
+  its config. On a mismatch each changed dim (and each dropped layer) is extracted alone to
+  name the one at fault.
+
+Tolerances are relative errors by output dtype (:data:`TOLERANCE`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from osf.ir.apply import permute_dims
+from osf.ir.trace import flatten_output, normalize_inputs
+
+if TYPE_CHECKING:
+    from osf.elastic.supernet import Supernet
+
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+
+class VerificationError(RuntimeError):
+    """A supernet or an extracted subnet does not compute what it must; the message names the culprit."""
+
+
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """The floating-point tensors of a model output, in a stable order (caches and ints skipped)."""
+    found: list[torch.Tensor] = []
+
+    def visit(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            if x.is_floating_point():
+                found.append(x.detach())
+        elif isinstance(x, Mapping):
+            for v in x.values():
+                visit(v)
+        elif isinstance(x, (tuple, list)):
+            for v in x:
+                visit(v)
+    visit(out)
+    return found
+
+
+@torch.no_grad()
+def run(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
+    """The model's task outputs on ``inputs`` (as the trace sees them: hidden states, which a
+    reordered supernet returns in its own channel order, and caches are left out)."""
+    args, kwargs = normalize_inputs(inputs)
+    return output_tensors(flatten_output(model(*args, **kwargs)))
+
+
+def relative_error(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
+    """Largest ``||got - want|| / ||want||`` over the outputs; inf when their number or shapes differ."""
+    if len(got) != len(want):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(got, want):
+        if a.shape != b.shape:
+            return float("inf")
+        a, b = a.double(), b.double()
+        if not torch.isfinite(a).all() or not torch.isfinite(b).all():
+            if torch.equal(torch.isfinite(a), torch.isfinite(b)) and torch.equal(a[torch.isfinite(a)],
+                                                                                b[torch.isfinite(b)]):
+                continue
+            return float("inf")
+        err = (a - b).norm().item() / max(b.norm().item(), 1e-30)
+        worst = max(worst, err)
+    return worst
+
+
+def tolerance(outputs: list[torch.Tensor]) -> float:
+    return max((TOLERANCE.get(t.dtype, 1e-4) for t in outputs), default=1e-4)
+
+
+def vary_inputs(inputs: Any) -> Any:
+    """The same inputs with one more sample (and two more tokens for integer sequences):
+    a second shape on which a faithful supernet must still equal the original."""
+    def vary(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor) or t.dim() == 0:
+            return t
+        t = torch.cat([t, t[:1].flip(-1) if t.dim() >= 2 and not t.is_floating_point() else t[:1]], dim=0)
+        if t.dim() == 2 and not t.is_floating_point():
+            t = torch.cat([t, t[:, :2]], dim=1)
+        return t
+    if isinstance(inputs, torch.Tensor):
+        return vary(inputs)
+    if isinstance(inputs, Mapping):
+        return {k: vary(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(vary(v) for v in inputs)
+    return inputs
+
+
+@dataclass
+class Reference:
+    """The original model's outputs on the check inputs, taken before anything changed."""
+
+    inputs: list[Any]
+    outputs: list[list[torch.Tensor]]
+
+    @classmethod
+    def capture(cls, model: nn.Module, inputs: Any) -> "Reference":
+        pairs = [(inputs, run(model, inputs))]
+        second = vary_inputs(inputs)
+        try:
+            pairs.append((second, run(model, second)))
+        except Exception:  # the model takes one input shape only (fixed image size...)
+            pass
+        return cls([p[0] for p in pairs], [p[1] for p in pairs])
+
+    def worst(self, model: nn.Module) -> tuple[float, float, int]:
+        """(relative error, tolerance, index of the worst input) of ``model`` against the reference."""
+        worst, where = 0.0, 0
+        for i, (inp, want) in enumerate(zip(self.inputs, self.outputs)):
+            err = relative_error(run(model, inp), want)
+            if err > worst:
+                worst, where = err, i
+        return worst, tolerance(self.outputs[0]), where
+
+
+def _describe_input(i: int) -> str:
+    return "the example inputs" if i == 0 else "a second input of another batch size / length"
+
+
+def check_build(sn: "Supernet", reference: Reference, permuted: list[str]) -> None:
+    """Raise :class:`VerificationError` unless the largest config reproduces ``reference``."""
+    from osf.kernels.mamba import unpatched
+
+    with sn.use(sn.space.largest()):
+        err, tol, where = reference.worst(sn.model)
+        if err <= tol:
+            return
+        culprits = _permutation_culprits(sn, reference, permuted, tol)
+        if culprits:
+            dims = ", ".join(repr(d) for d in culprits)
+            pin = ", ".join(f"{d!r}: [{sn.ir.dims[d].size}]" for d in culprits)
+            raise VerificationError(
+                f"osf.supernet: the largest config differs from the original model (relative error {err:.3g} > "
+                f"{tol:g} on {_describe_input(where)}): permuting {dims} alone changes the output, so the analysis "
+                f"missed a member of it. Keep it whole with space={{{pin}}}, or report this model; "
+                "verify=False skips this check")
+        with unpatched(sn.model):
+            plain, _, _ = reference.worst(sn.model)
+    if plain <= tol:
+        raise VerificationError(
+            f"osf.supernet: with osf.kernels the model's outputs differ from the original (relative error {err:.3g} > "
+            f"{tol:g}); transformers' own kernels reproduce it. Pass kernels=False and report this model")
+    raise VerificationError(
+        f"osf.supernet: the largest config differs from the original model (relative error {err:.3g} > {tol:g} on "
+        f"{_describe_input(where)}) and no single dim's permutation explains it: is the model deterministic in "
+        "eval mode? Report this model; verify=False skips this check")
+
+
+def _permutation_culprits(sn: "Supernet", reference: Reference, dims: list[str], tol: float) -> list[str]:
+    """Dims whose permutation alone changes the model's output (each restored afterwards)."""
+    base = [run(sn.model, inp) for inp in reference.inputs]
+    gen = torch.Generator().manual_seed(0)
+    culprits = []
+    for d in dims:
+        perm = torch.randperm(sn.ir.dims[d].size, generator=gen)
+        permute_dims(sn.ir, {d: perm}, sn.model)
+        try:
+            changed = any(relative_error(run(sn.model, inp), want) > tol
+                          for inp, want in zip(reference.inputs, base))
+        finally:
+            permute_dims(sn.ir, {d: torch.argsort(perm)}, sn.model)
+        if changed:
+            culprits.append(d)
+    return culprits
+
+
+def check_extract(sn: "Supernet", cfg: Mapping[str, Any], sub: nn.Module, expected: list[list[torch.Tensor]],
+                  inputs: list[Any], extract_unchecked: Callable[[Mapping[str, Any]], nn.Module]) -> None:
+    """Raise :class:`VerificationError` unless ``sub`` reproduces the supernet's ``expected`` outputs at ``cfg``."""
+    tol = tolerance(expected[0])
+    try:
+        err = max(relative_error(run(sub, inp), want) for inp, want in zip(inputs, expected))
+    except Exception as e:
+        raise VerificationError(
+            f"extract: the extracted {type(sub).__name__} fails on the example inputs where the supernet runs "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); this config is not supported for "
+            "this model class: keep such choices out of the search with space=, or report this model") from e
+    if err <= tol:
+        return
+    largest = sn.space.largest()
+    changes = [k for k in cfg if cfg[k] != largest.get(k)]
+    culprits = []
+    for k in changes:
+        alone = dict(largest)
+        alone[k] = cfg[k]
+        with sn.use(alone):
+            want = run(sn.model, inputs[0])
+        if relative_error(run(extract_unchecked(alone), inputs[0]), want) > tol:
+            culprits.append(k)
+    what = (f"it goes wrong when {', '.join(repr(c) for c in culprits)} alone changes" if culprits
+            else f"no single change of {changes} explains it, their combination does")
+    raise VerificationError(
+        f"extract: the extracted model differs from the supernet at this config (relative error {err:.3g} > {tol:g}); "
+        f"{what}. Keep those choices out of the search with space=, or report this model; verify=False skips "
+        "this check")
