@@ -28,7 +28,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Show the elastic dims, droppable blocks and parameter coverage of MODEL."""
-    from osf.inspect import inspect_model, render
+    from osf.inspection import inspect_model, render
     from osf.ir import TraceError
     from osf.models import load_model
 

@@ -93,6 +93,23 @@ class SearchSpace:
         """Blocks kept per stack in ``cfg``."""
         return {s: sum(bool(cfg.get(b, True)) for b in names) for s, names in self.stacks.items()}
 
+    def block_dims(self, block: str) -> list[str]:
+        """Dims that live inside ``block`` (named ``<block>.…`` or ``<block>:…``): unused when it is dropped."""
+        return [d for d in self.dims if d.startswith(block + ".") or d.startswith(block + ":")]
+
+    def canonical(self, cfg: Mapping[str, Any]) -> Config:
+        """``cfg`` validated, with the dims of dropped blocks at their largest choice.
+
+        Configs that differ only in the widths of dropped blocks describe one subnet;
+        they have one canonical form (the search scores each subnet once).
+        """
+        out = self.validate(cfg)
+        for b in self.blocks:
+            if not out[b]:
+                for d in self.block_dims(b):
+                    out[d] = self.dims[d][0]
+        return out
+
     # ------------------------------------------------------------ validation
     def validate(self, cfg: Mapping[str, Any]) -> Config:
         """Check ``cfg`` and return it completed with omitted blocks (kept).

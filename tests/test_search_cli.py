@@ -31,7 +31,7 @@ def one_line_error(res, *needles: str) -> str:
 
 def test_unknown_lm_task_suggests_close_names(tmp_path):
     res = invoke("search", "some-model", "--task", "lambada_opnai", "--out", str(tmp_path / "run"))
-    one_line_error(res, "unknown lm-eval task 'lambada_opnai'", "lambada_openai")
+    one_line_error(res, "unknown task 'lambada_opnai'", "lambada_openai")
 
 
 def test_missing_data_dir(tmp_path):

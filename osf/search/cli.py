@@ -9,7 +9,8 @@ from typing import Any, Callable, Optional
 import typer
 
 from osf.search import run as _run
-from osf.search.run import build_evaluator, check_task_inputs, read_run, run_storage, write_run
+from osf.search.run import check_task_inputs, read_run, write_run
+from osf.search.storage import JOURNAL_NAME
 
 
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -30,18 +31,21 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_errors
 def search_cmd(
     model: str = typer.Argument(..., help="Local HF folder, hub id, or built-in tiny model name."),
-    task: str = typer.Option(..., "--task", help="lm-eval task(s) (comma-separated), cifar10, cifar100, imagenet, or perplexity."),
+    task: str = typer.Option(..., "--task", help="lm-eval task(s) (comma-separated), cifar10, cifar100, imagenet, imagefolder, or perplexity."),
     out: Path = typer.Option(..., "--out", help="Run folder (study, results); re-run to resume."),
     trials: int = typer.Option(50, "--trials", min=1, help="COMPLETE trials the study ends with."),
     max_params: Optional[float] = typer.Option(None, "--max-params", help="Budget: <=1 fraction of the original, >1 absolute."),
     objectives: str = typer.Option("score,params", "--objectives", help="Comma-separated: score, params, macs, latency."),
     sampler: str = typer.Option("auto", "--sampler", help="auto, nsga2, tpe, random, gp."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL to share the study between workers."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Examples per evaluation."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL to share the study between workers "
+                                          "(a relative sqlite path is relative to --out)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Examples per evaluation (images, lm-eval documents, "
+                                        "perplexity batches); default all."),
     data: Optional[Path] = typer.Option(None, "--data", help="Data folder/file for image tasks or perplexity."),
     include_path: Optional[Path] = typer.Option(None, "--include-path", help="Folder of local lm-eval task YAMLs."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     batch_size: int = typer.Option(16, "--batch-size"),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="Few-shot examples for lm-eval tasks (default 0)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Search MODEL's supernet for the best subnets on TASK."""
@@ -49,42 +53,120 @@ def search_cmd(
     from osf.search.samplers import SAMPLERS
     from osf.search.study import _check_run_dir
 
+    # every option is checked before anything is loaded or written
     objs = check_objectives(objectives)
     budgets = check_constraints({"params": max_params} if max_params is not None else None)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {list(SAMPLERS)}")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device must be cpu or cuda[:N], got {device!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be a positive number of examples per evaluation (or left out for all), got {limit}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise ValueError(f"--num-fewshot must be 0 or more, got {num_fewshot}")
+    if num_fewshot is not None and (task in _run.BUILTIN_TASKS):
+        raise ValueError(f"--num-fewshot applies to lm-eval tasks only, not to --task {task}")
+    _check_device(device)
+    if storage is not None:
+        _check_storage(storage)
     run_dir = _check_run_dir(out)
     check_task_inputs(task, data, include_path)
+    if num_fewshot is None and task not in _run.BUILTIN_TASKS:
+        num_fewshot = 0
+    given = {"model": model, "task": task, "objectives": list(objs), "max_params": max_params, "limit": limit,
+             "data": str(data.resolve()) if data else None, "batch_size": batch_size, "num_fewshot": num_fewshot,
+             "include_path": str(include_path.resolve()) if include_path else None}
+    _run.check_run_identity(run_dir, given)  # before the model is loaded: a changed option is refused at once
 
     import osf
     import osf.search as osf_search
 
     net, pre = _run.load_model(model)
+    _run.check_model_kind(task, net, model)
+    checksum = _run.weights_checksum(net)
     net.to(device)
-    evaluator = build_evaluator(task, pre, data=data, include_path=include_path, limit=limit, batch_size=batch_size)
+    evaluator = _run.build_evaluator(task, pre, data=data, include_path=include_path, limit=limit, batch_size=batch_size,
+                                num_fewshot=num_fewshot)
+    _run.check_model_fits_task(task, net, pre, evaluator, model)
     sn = osf.supernet(net)
     spec = {
-        "model": model, "task": task, "objectives": list(objs), "max_params": max_params, "space": json.loads(sn.space.to_json()),
-        "trials": trials, "sampler": sampler, "storage": storage, "limit": limit, "seed": seed, "device": device,
-        "data": str(data) if data else None, "include_path": str(include_path) if include_path else None,
-        "study_name": _study_name(model, task, objs, max_params),
+        **given, "space": json.loads(sn.space.to_json()), "weights_sha256": checksum,
+        "trials": trials, "sampler": sampler, "storage": storage, "seed": seed, "device": device,
+        "study_name": _study_name(model, task, objs, max_params, limit, batch_size, num_fewshot),
     }
+    old = _run.check_run_identity(run_dir, spec)
+    if old is not None and old.get("study_name"):
+        spec["study_name"] = old["study_name"]  # the study this run folder already holds
+    created = old is None
+    journal_existed = (run_dir / JOURNAL_NAME).exists()
     write_run(run_dir, spec)
-    result = osf_search.search(sn, evaluator, objectives=objs, n_trials=trials, sampler=sampler, constraints=budgets,
-                               storage=storage, study_name=spec["study_name"], seed=seed, run_dir=run_dir)
+    try:
+        result = osf_search.search(sn, evaluator, objectives=objs, n_trials=trials, sampler=sampler, constraints=budgets,
+                                   storage=storage, study_name=spec["study_name"], seed=seed, run_dir=run_dir)
+    except KeyboardInterrupt:
+        # search() abandoned the running trial, wrote the results so far and said how to resume
+        typer.secho(f"to resume: run the same `osf search` command again (same --out {out})", err=True)
+        raise typer.Exit(130) from None
+    except BaseException:
+        if created:
+            _forget_failed_start(run_dir, spec, journal_existed)
+        raise
     result.save(run_dir)
     result.plot_pareto(run_dir / "pareto.png")
     typer.echo(result.table())
     typer.echo(f"results in {run_dir}")
 
 
-def _study_name(model: str, task: str, objectives: tuple[str, ...], max_params: float | None) -> str:
-    # the same for every worker of one run, whatever its --out, so --storage URLs are shared
+def _check_device(device: str) -> None:
+    import torch
+
+    if device != "cpu" and device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"--device {device}: CUDA is not available on this machine (no GPU or no CUDA build of "
+                             "torch); use --device cpu")
+        if ":" in device and int(device[5:]) >= n:
+            raise ValueError(f"--device {device}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+
+
+def _check_storage(storage: str) -> None:
+    from osf.search.storage import check_url
+
+    if "://" not in storage:
+        raise ValueError(f"--storage {storage!r} is not a database URL; expected e.g. sqlite:///study.db (relative to "
+                         "--out) or postgresql://user:password@host/db; leave --storage out to keep the study in --out")
+    check_url(storage, option="--storage")
+
+
+def _forget_failed_start(run_dir: Path, spec: dict[str, Any], journal_existed: bool) -> None:
+    """A search that failed before finishing any trial leaves nothing that blocks the corrected command."""
+    import optuna
+
+    from osf.search.storage import make_storage
+
+    try:
+        storage = make_storage(_run.run_storage(run_dir, spec), None)
+        study = optuna.load_study(study_name=spec["study_name"], storage=storage)
+        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    except Exception:
+        done = 0
+    if done:
+        return
+    (run_dir / _run.RUN_FILE).unlink(missing_ok=True)
+    if not journal_existed and not spec.get("storage"):
+        (run_dir / JOURNAL_NAME).unlink(missing_ok=True)
+        (run_dir / (JOURNAL_NAME + ".lock")).unlink(missing_ok=True)
+
+
+def _study_name(model: str, task: str, objectives: tuple[str, ...], max_params: float | None, limit: int | None = None,
+                batch_size: int = 16, num_fewshot: int | None = None) -> str:
+    # the same for every worker of one run, whatever its --out, so --storage URLs are shared; it changes
+    # with whatever changes a score, so workers with other settings never share a study
     import hashlib
 
-    key = json.dumps([model, task, list(objectives), max_params])
+    key = json.dumps([model, task, list(objectives), max_params, limit, batch_size, num_fewshot])
     return f"osf-{Path(model).name[:30]}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
@@ -99,6 +181,11 @@ def extract_cmd(
     """Extract a subnet found by `osf search` as a real, smaller model."""
     if (trial is None) == (not best):
         raise ValueError("give exactly one of --trial N or --best")
+    if trial is not None and max_params is not None:
+        raise ValueError("--max-params selects among trials with --best; --trial N takes that trial as it is. Use "
+                         "--best --max-params X, or --trial N alone")
+    if max_params is not None and not max_params > 0:
+        raise ValueError(f"--max-params must be a positive number (<= 1: fraction of the original), got {max_params}")
     spec = read_run(run_dir)
     from osf.search.study import _check_run_dir
 
@@ -110,8 +197,12 @@ def extract_cmd(
     from osf.search.storage import make_storage
     from osf.space import SearchSpace
 
-    study = optuna.load_study(study_name=spec["study_name"], storage=make_storage(run_storage(run_dir, spec), None))
+    study = _load_study(run_dir, spec)
     net, pre = _run.load_model(spec["model"])
+    if spec.get("weights_sha256") and _run.weights_checksum(net) != spec["weights_sha256"]:
+        raise ValueError(f"the weights of model {spec['model']!r} changed since the search in {str(run_dir)!r} (checksum "
+                         "differs): its scores and configs describe other weights; search again, or extract from the "
+                         "model the search used")
     sn = osf.supernet(net)
     if json.loads(sn.space.to_json()) != spec["space"]:
         raise ValueError(f"the supernet of {spec['model']!r} no longer has the space recorded in {run_dir}/run.json")
@@ -122,8 +213,11 @@ def extract_cmd(
         number = int(row["number"])
     else:
         number = int(trial)  # type: ignore[arg-type]
-        if not 0 <= number < len(study.trials):
-            raise ValueError(f"trial {number} does not exist; the study has trials 0..{len(study.trials) - 1}")
+        done = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+        if number not in done:
+            state = study.trials[number].state.name if 0 <= number < len(study.trials) else None
+            why = f"did not complete ({state})" if state else "does not exist"
+            raise ValueError(f"trial {number} {why}; completed trials: {_ranges(done)}")
     cfg = result.config(number)
     sub = sn.extract(cfg)
     osf.save_subnet(sub, out)
@@ -135,8 +229,46 @@ def extract_cmd(
     row = rows[rows["number"] == number].iloc[0].to_dict() if "number" in rows else {}
     metrics = {k: row.get(k) for k in ("score", "params", "macs", "latency")}
     metrics["params"] = sn.num_params(cfg)
-    write_card(out, spec["model"], spec["task"], number, cfg, metrics, sn.num_params(sn.space.largest()))
+    meta = getattr(sub, "_osf_subnet", None) or {}
+    write_card(out, spec, number, cfg, metrics, result.reference, study.user_attrs.get("osf_metric"),
+               meta.get("config_expresses_subnet"))
     typer.echo(f"trial {number}: {sn.num_params(cfg):,} parameters -> {out}")
+
+
+def _load_study(run_dir: Path, spec: dict[str, Any]) -> Any:
+    """The run's study; a deleted journal/database or an edited study name is named, not a traceback."""
+    import optuna
+
+    from osf.search.storage import make_storage, sqlite_file
+
+    url = _run.run_storage(run_dir, spec)
+    if not spec.get("storage"):
+        if not Path(url).is_file():
+            raise FileNotFoundError(f"the study of {str(run_dir)!r} is gone: {url!r} is missing (deleted?); run "
+                                    "`osf search` again with the same --out")
+    else:
+        db = sqlite_file(url)
+        if db is not None and not db.is_file():  # opening it would create an empty database here
+            raise FileNotFoundError(f"the run's study database {str(db)!r} (--storage {spec['storage']!r}) does not exist")
+    storage = make_storage(url, None)
+    try:
+        return optuna.load_study(study_name=spec["study_name"], storage=storage)
+    except KeyError:
+        names = optuna.get_all_study_names(storage)
+        raise ValueError(f"the storage of {str(run_dir)!r} has no study {spec['study_name']!r} (run.json edited, or the "
+                         f"study deleted?); it holds {names or 'no studies'}") from None
+
+
+def _ranges(numbers: list[int]) -> str:
+    if not numbers:
+        return "none"
+    numbers, out, start = sorted(numbers), [], None
+    for i, n in enumerate(numbers):
+        start = n if start is None else start
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            out.append(f"{start}" if start == n else f"{start}..{n}")
+            start = None
+    return ", ".join(out)
 
 
 @_errors

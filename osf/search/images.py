@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from osf.search.imagedata import load_image_dataset
-from osf.search.objectives import model_device
+from osf.search.objectives import check_count, model_device
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -26,6 +26,8 @@ class ImageAccuracy:
     def __init__(self, dataset: str, split: str | None = None, batch_size: int = 64, limit: int | None = None,
                  image_size: int | Sequence[int] | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, processor: Any = None, name: str | None = None):
+        check_count(limit, "limit", what=" (images to evaluate)")
+        check_count(batch_size, "batch_size", allow_none=False)
         proc = processor.to_dict() if hasattr(processor, "to_dict") else dict(processor or {})
         if image_size is None and "size" in proc:
             s = proc["size"]
@@ -73,13 +75,59 @@ class ImageAccuracy:
                 x = self.preprocess(self.images[i: i + self.batch_size], size).to(device)
                 out = model(x)
                 logits = out.logits if hasattr(out, "logits") else out
+                if i == 0:
+                    self._check_logits(logits)
                 preds.append(logits.argmax(-1).cpu())
         finally:
             model.train(was_training)
         return torch.cat(preds)
 
+    def _check_logits(self, logits: Any) -> None:
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"the model does not classify images: ImageAccuracy needs (batch, classes) logits, "
+                             f"got {shape}; use an image classifier (e.g. a ...ForImageClassification model)")
+        n, top = logits.shape[-1], int(self.labels.max()) if len(self.labels) else -1
+        if top >= n or (len(self.labels) and int(self.labels.min()) < 0):
+            raise ValueError(
+                f"dataset {self.dataset!r} has labels {int(self.labels.min())}..{top} but the model outputs {n} "
+                f"classes (0..{n - 1}); use a model with a head for this dataset's classes (e.g. num_labels={top + 1})"
+            )
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse early a model that cannot be scored on this data (not a classifier, too few classes)."""
+        name = type(model).__name__
+        main = getattr(model, "main_input_name", "pixel_values")
+        if main != "pixel_values":
+            raise ValueError(f"{name} takes {main!r}, not images: image tasks need an image classifier "
+                             "(e.g. a ...ForImageClassification model)")
+        try:
+            self.predictions_of(model, 1)
+        except ValueError:
+            raise
+        except Exception as e:
+            raise ValueError(f"{name} cannot classify the images of {self.dataset!r}: its forward fails "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+
+    @torch.no_grad()
+    def predictions_of(self, model: nn.Module, n: int) -> torch.Tensor:
+        """Predicted classes of the first ``n`` images (checks the logits against the labels)."""
+        was_training = model.training
+        model.eval()
+        try:
+            x = self.preprocess(self.images[:n], self._size_for(model)).to(model_device(model))
+            out = model(x)
+            logits = out.logits if hasattr(out, "logits") else out
+            self._check_logits(logits)
+            return logits.argmax(-1).cpu()
+        finally:
+            model.train(was_training)
+
     def __call__(self, model: nn.Module) -> float:
         return float((self.predictions(model) == self.labels).float().mean())
+
+    def describe(self) -> str:
+        return f"top-1 accuracy on {self.dataset.split(':')[0]} ({self.split or 'evaluation'} split), 0..1, higher is better"
 
     def example_inputs(self) -> torch.Tensor:
         """One preprocessed image at the configured size (or its stored size)."""

@@ -97,6 +97,13 @@ class LMEval:
     def __init__(self, tasks: str | Sequence[str], tokenizer: Any, limit: int | float | None = None, num_fewshot: int = 0,
                  batch_size: int = 16, include_path: str | Path | Sequence[str | Path] | None = None,
                  metric: str | None = None, device: str | None = None):
+        from osf.search.objectives import check_count
+
+        if limit is not None and not (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1) and \
+                not (isinstance(limit, float) and 0.0 < limit < 1.0):
+            raise ValueError(f"limit must be a number of documents >= 1, a fraction in (0, 1), or None (all), got {limit!r}")
+        check_count(num_fewshot, "num_fewshot", allow_none=False, minimum=0)
+        check_count(batch_size, "batch_size", allow_none=False)
         self.task_names = [tasks] if isinstance(tasks, str) else list(tasks)
         self.task_manager = check_tasks(self.task_names, include_path)
         if isinstance(tokenizer, (str, Path)):
@@ -110,6 +117,7 @@ class LMEval:
         self._lm: Any = None
         self._lm_model: nn.Module | None = None
         self._tasks: list[Any] | None = None
+        self.reported: dict[str, tuple[str, bool]] = {}  # task -> (metric, higher is better), once scored
 
     # ------------------------------------------------------------ pieces
     def tasks(self) -> list[Any]:
@@ -140,6 +148,9 @@ class LMEval:
     def lm(self, model: nn.Module) -> Any:
         """The ``HFLM`` wrapping ``model`` (rebuilt only when the model object changes)."""
         if self._lm is None or self._lm_model is not model:
+            from osf.search.objectives import check_vocab
+
+            check_vocab(self.tokenizer, model)
             if self.device is not None:
                 model.to(self.device)
             self._lm = _QuietHFLM(pretrained=model, tokenizer=self.tokenizer, batch_size=self.batch_size)
@@ -181,12 +192,22 @@ class LMEval:
                 raise ValueError(f"task {task!r} has no metric {metric!r}; it reports {have}")
             v = float(res[key])
             values.append(v if hib.get(metric, True) else -v)
+            self.reported[task] = (metric, bool(hib.get(metric, True)))
         if not values:
             raise ValueError(f"lm-eval returned no results for {self.task_names}")
         return sum(values) / len(values)
 
     def __call__(self, model: nn.Module) -> float:
         return self.score(self.evaluate(model))
+
+    def describe(self) -> str:
+        """What the score is: metric names and directions per task."""
+        if not self.reported:
+            return f"lm-eval {self.metric or 'default metric'} of {', '.join(self.task_names)}"
+        parts = [f"{m} on {t}" if up else f"-{m} on {t} (negated: {m} is lower-is-better)"
+                 for t, (m, up) in self.reported.items()]
+        mean = "mean of " if len(parts) > 1 else ""
+        return f"lm-eval {mean}{'; '.join(parts)}, {self.num_fewshot}-shot; higher is better"
 
     def example_inputs(self) -> dict[str, Any]:
         """A batch of one 64-token text, for MACs/latency."""

@@ -44,6 +44,39 @@ def check_constraints(constraints: Mapping[str, float] | None) -> dict[str, floa
     return out
 
 
+def check_count(value: Any, name: str, *, allow_none: bool = True, minimum: int = 1, what: str = "") -> Any:
+    """Refuse a count that is not an integer ``>= minimum`` (``None`` allowed when ``allow_none``)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or None (all)" if allow_none else "")
+        raise ValueError(f"{name} must be {allowed}{what}, got {value!r}")
+    return value
+
+
+def model_vocab_size(model: torch.nn.Module) -> int | None:
+    """Rows of the model's input embedding (``None`` if it has none)."""
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        emb = get() if callable(get) else None
+    except (NotImplementedError, AttributeError):
+        emb = None
+    return getattr(emb, "num_embeddings", None)
+
+
+def check_vocab(tokenizer: Any, model: torch.nn.Module, max_id: int | None = None) -> None:
+    """Refuse a tokenizer whose token ids do not fit the model's embedding, naming both sizes."""
+    rows = model_vocab_size(model)
+    if rows is None:
+        return
+    n = len(tokenizer) if max_id is None else max_id + 1
+    if n > rows:
+        raise ValueError(
+            f"tokenizer has {n:,} tokens but the model's input embedding has {rows:,} rows: token ids >= {rows:,} "
+            "cannot be looked up; use the tokenizer the model was trained with"
+        )
+
+
 def resolve_limit(value: float, reference: float) -> float:
     """Absolute limit for a budget ``value``: a fraction of ``reference`` when ``<= 1``."""
     return value * reference if value <= 1.0 else value

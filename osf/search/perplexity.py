@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from osf.search.objectives import model_device
+from osf.search.objectives import check_count, check_vocab, model_device
 
 
 class Perplexity:
@@ -28,6 +28,10 @@ class Perplexity:
 
     def __init__(self, texts_or_dataset: Any, tokenizer: Any, seq_len: int = 128, max_batches: int | None = None,
                  batch_size: int = 8, text_column: str = "text", name: str = "perplexity"):
+        check_count(max_batches, "max_batches", what=" (batches to evaluate; the CLI's --limit)")
+        check_count(batch_size, "batch_size", allow_none=False)
+        check_count(seq_len, "seq_len", allow_none=False, minimum=2)
+        self.tokenizer = tokenizer
         texts = _texts(texts_or_dataset, text_column)
         ids: list[int] = []
         eos = tokenizer.eos_token_id
@@ -42,6 +46,7 @@ class Perplexity:
     @torch.no_grad()
     def nll(self, model: nn.Module) -> float:
         """Mean next-token negative log-likelihood (nats)."""
+        check_vocab(self.tokenizer, model, int(self.blocks.max()))
         device, was_training = model_device(model), model.training
         model.eval()
         total, count = 0.0, 0
@@ -60,6 +65,9 @@ class Perplexity:
 
     def __call__(self, model: nn.Module) -> float:
         return -self.nll(model)
+
+    def describe(self) -> str:
+        return "-log(perplexity): minus the mean next-token cross-entropy in nats, higher is better (perplexity = exp(-score))"
 
     @staticmethod
     def to_perplexity(score: float) -> float:

@@ -89,7 +89,10 @@ class SearchResult:
                 f"no feasible trial within max_params={max_params}, max_macs={max_macs}, "
                 f"max_latency_ms={max_latency_ms}; largest config: {self.reference}"
             )
-        return df.sort_values(["score", "number"], ascending=[False, True]).iloc[0]
+        # the best score; among equal scores the cheapest (params, then MACs, then latency): a
+        # dominated trial is never returned, and the trial number never decides
+        keys = ["score", *[c for c in ("params", "macs", "latency") if c in df.columns], "number"]
+        return df.sort_values(keys, ascending=[False] + [True] * (len(keys) - 1)).iloc[0]
 
     def config(self, number: int) -> Config:
         """The config of trial ``number``."""
@@ -118,6 +121,10 @@ class SearchResult:
             f = front.sort_values(cost)
             ax.step(f[cost], f["score"], where="post", c="tab:red")
             ax.scatter(f[cost], f["score"], s=30, c="tab:red", label="Pareto front")
+        ref = self.reference
+        if ref.get("score") is not None and cost in ref:
+            ax.scatter([ref[cost]], [ref["score"]], s=120, marker="*", c="gold", edgecolors="k", zorder=5,
+                       label="full model")
         if cost in self.limits:
             ax.axvline(self.limits[cost], ls="--", c="k", lw=0.8, label=f"{cost} budget")
         ax.set_xlabel(cost)
@@ -150,13 +157,25 @@ class SearchResult:
     def table(self) -> str:
         """The Pareto front as a text table."""
         front = self.pareto
-        if front.empty:
-            return "(no feasible trials)"
-        cols = [c for c in ("number", "score", "params", "macs", "latency") if c in front.columns]
-        out = front[cols].copy()
+        cols = [c for c in ("number", "score", "params", "macs", "latency") if c in front.columns or c in self.reference]
+        out = front[[c for c in cols if c in front.columns]].copy() if not front.empty else pd.DataFrame(columns=cols)
+        out.insert(0, "", "")
+        ref = {c: self.reference.get(c) for c in cols}
+        ref.update({"": "full model", "number": self._largest_trial()})
+        out = pd.concat([pd.DataFrame([ref]), out], ignore_index=True)
         if "params" in out and "params" in self.reference:
-            out["params %"] = (100 * out["params"] / self.reference["params"]).round(1)
-        return out.to_string(index=False)
+            out["params %"] = (100 * out["params"].astype(float) / self.reference["params"]).round(1)
+        text = out.fillna("-").to_string(index=False)
+        return text + ("\n(no feasible trials)" if front.empty else "")
+
+    def _largest_trial(self) -> Any:
+        """Number of a trial of the full model (``-`` if none)."""
+        from osf.search.study import config_key
+
+        key = config_key(self.space.largest())
+        df = self.trials
+        hit = df[df["config"] == key]["number"] if not df.empty else []
+        return int(hit.iloc[0]) if len(hit) else "-"
 
 
 def _plain(v: Any) -> Any:

@@ -13,6 +13,14 @@ from osf.search.storage import JOURNAL_NAME
 
 RUN_FILE = "run.json"
 IMAGE_TASKS = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagefolder", "imagefolder": "imagefolder"}
+BUILTIN_TASKS = (*IMAGE_TASKS, "perplexity")
+REQUIRED_KEYS = ("model", "task", "objectives", "space", "study_name")
+# what makes a run's scores comparable: a change refuses to resume it (key -> how the user sets it)
+IDENTITY = {
+    "model": "MODEL", "task": "--task", "objectives": "--objectives", "max_params": "--max-params",
+    "data": "--data", "limit": "--limit", "batch_size": "--batch-size", "num_fewshot": "--num-fewshot",
+    "include_path": "--include-path", "weights_sha256": "the model's weights", "space": "the supernet's search space",
+}
 
 
 def load_model(name: str) -> tuple[Any, Any]:
@@ -39,22 +47,108 @@ def _auto_preprocessor(name: str) -> Any:
 
 def check_task_inputs(task: str, data: str | Path | None, include_path: str | Path | None) -> None:
     """Validate ``--task``/``--data``/``--include-path`` before any model is loaded."""
+    names = [t.strip() for t in task.split(",")]
+    if not task.strip() or not all(names):
+        raise ValueError(f"--task {task!r} is empty or has an empty name; give {', '.join(BUILTIN_TASKS)} or lm-eval task names")
+    own = [t for t in names if t in BUILTIN_TASKS]
+    if own and len(names) > 1:
+        raise ValueError(f"--task {task!r}: {own[0]!r} cannot be combined with other tasks; only lm-eval tasks combine")
     if task in IMAGE_TASKS:
         if data is None:
             raise ValueError(f"task {task!r} needs --data DIR (the {task} evaluation data)")
         if not Path(data).exists():
             raise FileNotFoundError(f"--data {str(data)!r} does not exist")
+        if not Path(data).is_dir():
+            want = {"cifar10": "the python-pickle batches (test_batch, data_batch_1..5)",
+                    "cifar100": "the python-pickle files (test, train)"}.get(task, "<split>/<class>/*.JPEG")
+            raise NotADirectoryError(f"--data {str(data)!r} is a file; task {task!r} needs a folder holding {want}")
     elif task == "perplexity":
         if data is None or not Path(data).exists():
             raise FileNotFoundError(f"task 'perplexity' needs --data FILE.txt (or a folder of .txt files); got {data!r}")
+        if Path(data).is_dir() and not any(Path(data).glob("*.txt")):
+            raise FileNotFoundError(f"--data {str(data)!r} is a folder without .txt files; task 'perplexity' reads "
+                                    "FILE.txt or a folder of .txt files")
     else:
-        from osf.search.lmeval import check_tasks
+        _check_lm_tasks(names, include_path)
 
-        check_tasks(task.split(","), include_path)
+
+def _check_lm_tasks(names: list[str], include_path: str | Path | None) -> None:
+    import difflib
+
+    from osf.search.lmeval import _task_manager
+
+    if include_path is not None:
+        if not Path(include_path).exists():
+            raise FileNotFoundError(f"--include-path {str(include_path)!r} does not exist; give a folder of task YAML files")
+        if not Path(include_path).is_dir():
+            raise NotADirectoryError(f"--include-path {str(include_path)!r} is a file; give the folder holding the "
+                                     "task YAML files")
+    known = _task_manager((str(include_path),) if include_path is not None else None).all_tasks
+    for t in names:
+        if t not in known:
+            close = difflib.get_close_matches(t, [*BUILTIN_TASKS, *known], n=5, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            local = "" if include_path is not None else " (local task YAMLs need --include-path DIR)"
+            raise ValueError(f"unknown task {t!r}: {hint}built-in tasks are {', '.join(BUILTIN_TASKS)}; any other "
+                             f"name must be an lm-eval task{local}")
+
+
+def check_model_kind(task: str, model: Any, model_name: str) -> None:
+    """Refuse a model of the wrong kind for ``task`` (an image task on a language model, and back)."""
+    from transformers import PreTrainedModel
+
+    kind = type(model).__name__
+    main = getattr(model, "main_input_name", None)
+    if task in IMAGE_TASKS:
+        if main is not None and main != "pixel_values":
+            raise ValueError(f"model {model_name!r} ({kind}) takes {main!r}, not images, so it cannot be scored on "
+                             f"--task {task}; image tasks need an image classifier (a ...ForImageClassification model)")
+        return
+    what = "perplexity (next-token loss)" if task == "perplexity" else f"lm-eval task {task!r}"
+    if isinstance(model, PreTrainedModel) and (main != "input_ids" or model.get_output_embeddings() is None):
+        raise ValueError(f"model {model_name!r} ({kind}) is not a language model with an LM head, so it cannot be "
+                         f"scored on {what}; use a causal LM (a ...ForCausalLM model), or an image task for image models")
+
+
+def check_model_fits_task(task: str, model: Any, preprocessor: Any, evaluator: Any, model_name: str) -> None:
+    """Refuse a model that cannot be scored by ``evaluator`` (too few classes, tokenizer too large, ...)."""
+    import torch
+
+    if task in IMAGE_TASKS:
+        try:
+            evaluator.check_model(model)
+        except ValueError as e:
+            raise ValueError(f"model {model_name!r} does not fit --task {task}: {e}") from None
+        return
+    from osf.search.objectives import check_vocab
+
+    if isinstance(model, torch.nn.Module) and preprocessor is not None and hasattr(preprocessor, "__len__"):
+        try:
+            check_vocab(preprocessor, model)
+        except ValueError as e:
+            raise ValueError(f"model {model_name!r}: {e}") from None
+    if task != "perplexity":
+        evaluator.tasks()  # load the task data now: a Hub dataset offline fails here, before the run starts
+
+
+def weights_checksum(model: Any) -> str:
+    """SHA-256 over the model's state dict (names, shapes, dtypes and bytes)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if not isinstance(t, torch.Tensor):
+            continue
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def build_evaluator(task: str, preprocessor: Any, *, data: str | Path | None = None, include_path: str | Path | None = None,
-                    limit: int | None = None, batch_size: int = 16, device: str | None = None, split: str | None = None) -> Any:
+                    limit: int | None = None, batch_size: int = 16, device: str | None = None, split: str | None = None,
+                    num_fewshot: int | None = None) -> Any:
     """The evaluator for a CLI ``--task``: an image task, ``perplexity``, or lm-eval task names."""
     if task in IMAGE_TASKS:
         from osf.search.images import ImageAccuracy
@@ -71,7 +165,8 @@ def build_evaluator(task: str, preprocessor: Any, *, data: str | Path | None = N
         return Perplexity([f.read_text() for f in files], preprocessor, max_batches=limit, batch_size=batch_size)
     from osf.search.lmeval import LMEval
 
-    return LMEval(task.split(","), preprocessor, limit=limit, batch_size=batch_size, include_path=include_path, device=device)
+    return LMEval(task.split(","), preprocessor, limit=limit, batch_size=batch_size, include_path=include_path, device=device,
+                  num_fewshot=num_fewshot or 0)
 
 
 def _image_processor_dict(proc: Any) -> dict | None:
@@ -80,30 +175,72 @@ def _image_processor_dict(proc: Any) -> dict | None:
     return proc.to_dict() if hasattr(proc, "to_dict") else proc
 
 
+def check_run_identity(run_dir: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The run in ``run_dir`` (``None`` if none); refuse one made with other score-affecting settings."""
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        found = [f for f in (JOURNAL_NAME, "trials.csv", "pareto.json") if (run_dir / f).is_file()]
+        if found:
+            raise ValueError(
+                f"{str(run_dir)!r} holds search results ({', '.join(found)}) but no {RUN_FILE}, which records how they "
+                f"were made (deleted?); they cannot be resumed safely: choose a new --out, or delete the folder to start over"
+            )
+        return None
+    old = read_run(run_dir)
+    for key, option in IDENTITY.items():
+        if key not in old or key not in spec or old.get(key) == spec.get(key):
+            continue  # (a key missing from ``spec`` is checked later, e.g. the weights once the model is loaded)
+        if key in ("space", "weights_sha256"):
+            detail = (f"{option} changed since the run was made"
+                      + (f" (checksum {str(old[key])[:12]}... then, {str(spec.get(key))[:12]}... now)" if key != "space" else ""))
+        else:
+            detail = f"it was made with {option} {old[key]!r}, this command has {option} {spec.get(key)!r}"
+        raise ValueError(
+            f"{str(run_dir)!r} holds another run: {detail}. Scores made with other settings cannot be mixed: repeat the "
+            f"run's settings to resume it, or choose a new --out"
+        )
+    return old
+
+
 def write_run(run_dir: Path, spec: dict[str, Any]) -> None:
     """Write ``run.json`` (atomically); refuse to reuse a folder holding another run."""
+    check_run_identity(run_dir, spec)
     path = run_dir / RUN_FILE
-    if path.is_file():
-        old = json.loads(path.read_text())
-        keys = ("model", "task", "objectives", "max_params", "space")
-        diff = [k for k in keys if old.get(k) != spec.get(k)]
-        if diff:
-            raise ValueError(f"{str(run_dir)!r} holds another run (different {', '.join(diff)}); choose a new --out")
     tmp = path.with_name(RUN_FILE + ".tmp")
     tmp.write_text(json.dumps(spec, indent=2))
     tmp.replace(path)
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """``run.json`` of a run folder, checked (an edited or truncated file is refused with its path)."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"{str(run_dir)!r} is a file; give the folder written by `osf search --out`")
     path = run_dir / RUN_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} is not a search run (no {RUN_FILE}); run `osf search ... --out {run_dir}` first")
-    spec = json.loads(path.read_text())
+    try:
+        spec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({e}); it was edited or truncated: restore it, or re-run "
+                         "`osf search` into a new --out") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{str(path)!r} must hold a JSON object, not {type(spec).__name__}; restore it or re-run `osf search`")
+    missing = [k for k in REQUIRED_KEYS if k not in spec]
+    if missing:
+        raise ValueError(f"{str(path)!r} lacks {', '.join(repr(k) for k in missing)} (edited?); restore it, or re-run "
+                         "`osf search` into a new --out")
+    bad = [k for k in ("model", "task", "study_name") if not isinstance(spec[k], str)]
+    if bad or not isinstance(spec["objectives"], list) or not isinstance(spec["space"], dict):
+        raise ValueError(f"{str(path)!r} has a malformed {', '.join(repr(k) for k in bad) or 'objectives/space'} "
+                         "(edited?); restore it, or re-run `osf search` into a new --out")
     spec.setdefault("storage", None)
     return spec
 
 
 def run_storage(run_dir: Path, spec: dict[str, Any]) -> str:
-    """The storage a run used: its URL, or the journal file in the run folder."""
-    return spec.get("storage") or str(Path(run_dir) / JOURNAL_NAME)
+    """The storage a run used: its URL (a relative sqlite path is relative to the run folder), or its journal."""
+    from osf.search.storage import resolve_sqlite
+
+    url = spec.get("storage")
+    return resolve_sqlite(url, run_dir) if url else str(Path(run_dir) / JOURNAL_NAME)

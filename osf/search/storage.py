@@ -23,6 +23,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
 JOURNAL_NAME = "study.journal"
+JOURNAL_SUFFIXES = (".journal", ".log")
 HEARTBEAT_S = 10.0
 GRACE_S = 120.0  # a trial of another host with no heartbeat for this long is stale
 
@@ -32,16 +33,86 @@ def make_storage(storage: str | optuna.storages.BaseStorage | None, run_dir: str
     if isinstance(storage, optuna.storages.BaseStorage):
         return storage
     if storage is not None:
-        if "://" not in str(storage):
+        if not isinstance(storage, (str, Path)):
+            raise TypeError(f"storage must be a database URL, a journal file path or an Optuna storage, "
+                            f"got {type(storage).__name__}")
+        if isinstance(storage, Path) or "://" not in storage:
             path = Path(storage)  # a journal file path
+            if path.suffix not in JOURNAL_SUFFIXES:
+                raise ValueError(
+                    f"storage {str(storage)!r} is not a database URL (e.g. sqlite:///runs/study.db, "
+                    f"postgresql://user@host/db) nor a journal file path (ending in {' or '.join(JOURNAL_SUFFIXES)})"
+                )
+            if path.is_dir():
+                raise ValueError(f"storage {str(storage)!r} is a folder; a journal storage is a file such as {JOURNAL_NAME}")
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
-        return _rdb(str(storage))
+        url = resolve_sqlite(storage, run_dir)
+        check_url(url)
+        return _rdb(url)
     if run_dir is None:
         return optuna.storages.InMemoryStorage()
     path = Path(run_dir) / JOURNAL_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+
+
+def check_url(url: str, option: str = "storage") -> None:
+    """Refuse a storage URL that cannot work (unparsable, unknown database, driver missing), naming ``option``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    example = "e.g. sqlite:///runs/study.db or postgresql://user:password@host/db"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"{option} {url!r} is not a database URL; expected DIALECT://..., {example}") from None
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ValueError(f"{option} {url!r}: unknown database {parsed.drivername!r}; "
+                         f"use sqlite, postgresql or mysql ({example})") from None
+    try:
+        dialect.import_dbapi() if hasattr(dialect, "import_dbapi") else dialect.dbapi()
+    except ImportError as e:
+        missing = getattr(e, "name", None) or str(e)
+        raise ValueError(f"{option} {url!r} needs the Python database driver {missing!r}, which is not installed "
+                         f"(pip install {_DRIVER_PACKAGES.get(missing, missing)}), or choose another driver in the "
+                         f"URL such as postgresql+psycopg2://") from None
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:" and Path(db).is_dir():
+            raise ValueError(f"{option} {url!r} names a folder; give a database file such as {db.rstrip('/')}/study.db")
+        if db and db != ":memory:" and not Path(db).parent.is_dir():
+            raise ValueError(f"{option} {url!r}: the folder {str(Path(db).parent)!r} of the database file does not exist")
+
+
+_DRIVER_PACKAGES = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
+                    "pymysql": "pymysql", "asyncpg": "asyncpg"}
+
+
+def resolve_sqlite(url: str, run_dir: str | Path | None) -> str:
+    """A sqlite URL with a relative file path, made absolute against ``run_dir`` (other URLs unchanged).
+
+    A run folder keeps its database however the command was started, so ``osf extract``
+    finds it from any working directory (and never creates an empty one there).
+    """
+    prefix = "sqlite:///"
+    if run_dir is None or not url.startswith(prefix):
+        return url
+    rest = url[len(prefix):]
+    db, sep, query = rest.partition("?")
+    if not db or db == ":memory:" or db.startswith("/") or db.startswith("file:"):
+        return url
+    return prefix + str((Path(run_dir) / db).resolve()) + sep + query
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (``None`` for other URLs and memory)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    db = url[len("sqlite:///"):].partition("?")[0]
+    return None if not db or db == ":memory:" else Path(db)
 
 
 def _rdb(url: str, tries: int = 10) -> RDBStorage:

@@ -33,6 +33,12 @@ def config_key(cfg: Config) -> str:
     return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
 
 
+def canonical(space: SearchSpace, cfg: Config) -> Config:
+    """``cfg`` written the one way its subnet is written (see ``SearchSpace.canonical``)."""
+    fn = getattr(space, "canonical", None)
+    return fn(cfg) if callable(fn) else cfg
+
+
 def _space_params(space: SearchSpace, which: str) -> dict[str, int]:
     """Sampler parameters of the largest or smallest config."""
     out = {}
@@ -43,6 +49,8 @@ def _space_params(space: SearchSpace, which: str) -> dict[str, int]:
 
 def _check_run_dir(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"--out {str(run_dir)!r} is a file; give a folder (it is created if missing)")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".osf-write-test"
@@ -109,7 +117,8 @@ def search(
 
     name = study_name or default_study_name(evaluator.name, objectives, budgets, space.to_json())
     quiet = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # errors of a trial propagate to the caller; optuna would log each one with its traceback first
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         result = _run(sn, evaluator, space, meter, objectives, budgets, costs, n_trials, sampler, storage, run_dir,
                       name, seed, timeout, show_progress, evaluate_infeasible)
@@ -146,10 +155,15 @@ def _run(sn, evaluator, space, meter, objectives, budgets, costs, n_trials, samp
     if not study.get_trials(deepcopy=False):  # fresh study: anchor both ends of the front
         study.enqueue_trial(_space_params(space, "largest"))
         study.enqueue_trial(_space_params(space, "smallest"))
+    if "score" not in reference:  # the full model is the reference of every table and plot, budget or not
+        reference["score"] = evaluate_score(sn, evaluator, space.largest())
+        study.set_user_attr("osf_reference", reference)
+    describe = getattr(evaluator, "describe", None)
+    study.set_user_attr("osf_metric", describe() if callable(describe) else f"{evaluator.name} (higher is better)")
 
     gp = isinstance(study.sampler, optuna.samplers.GPSampler)
     runner = _Objective(sn, evaluator, space, meter, objectives, costs, limits, n_trials,
-                        evaluate_infeasible or gp)
+                        evaluate_infeasible or gp, reference)
     result = SearchResult(study=study, space=space, objectives=objectives, limits=limits, reference=reference)
     done = _n_complete(study)
     if done >= n_trials:
@@ -164,9 +178,45 @@ def _run(sn, evaluator, space, meter, objectives, budgets, costs, n_trials, samp
             callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,)), _Progress(bar, n_trials)],
             gc_after_trial=False,
         )
+    except KeyboardInterrupt:
+        bar.close()
+        _abandon_running(study)
+        _interrupted(result, run_dir, n_trials)
+        raise
     finally:
         bar.close()
+    if runner.interrupted:
+        _interrupted(result, run_dir, n_trials)
+        raise KeyboardInterrupt
     return result
+
+
+def _abandon_running(study: optuna.Study) -> None:
+    """Mark this worker's RUNNING trials as FAIL (abandoned; a resume runs them again)."""
+    from osf.search.storage import worker_id
+
+    me = worker_id()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("osf_worker") in (me, None):
+            try:
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+                pass
+
+
+def _interrupted(result: SearchResult, run_dir: Path | None, n_trials: int) -> None:
+    """After Ctrl-C: write what is done and say how to go on."""
+    import sys
+
+    done = _n_complete(result.study)
+    where = ""
+    if run_dir is not None:
+        result.save(run_dir)
+        where = f"; trials.csv and pareto.json in {run_dir} hold them"
+    sys.stderr.write(
+        f"search interrupted: {done} of {n_trials} trials complete (the running one was abandoned){where}. "
+        "Run the same command again to resume: finished trials are kept.\n"
+    )
 
 
 def _n_complete(study: optuna.Study) -> int:
@@ -188,23 +238,37 @@ def _check_reachable(meter: CostMeter, space: SearchSpace, budgets: dict, limits
 class _Objective:
     """Evaluates one trial; reuses stored values for a config already scored."""
 
-    def __init__(self, sn, evaluator, space, meter, objectives, costs, limits, n_trials, evaluate_infeasible):
+    def __init__(self, sn, evaluator, space, meter, objectives, costs, limits, n_trials, evaluate_infeasible,
+                 reference=None):
         self.sn, self.evaluator, self.space, self.meter = sn, evaluator, space, meter
         self.objectives, self.costs, self.limits = objectives, costs, limits
         self.n_trials, self.evaluate_infeasible = n_trials, evaluate_infeasible
+        self.reference = reference or {}
+        self.largest_key = config_key(space.largest())
+        self.interrupted = False
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        try:
+            return self._trial(trial)
+        except KeyboardInterrupt:
+            # abandon this trial without optuna's failure log; the search then stops and saves
+            self.interrupted = True
+            trial.set_user_attr("osf_interrupted", True)
+            trial.study.stop()
+            raise optuna.TrialPruned("interrupted") from None
+
+    def _trial(self, trial: optuna.Trial) -> tuple[float, ...]:
         with Heartbeat(trial):
             self._admit(trial)
             params = {n: trial.suggest_categorical(n, c) for n, c in self.space.parameters().items()}
-            cfg = self.space.to_config(params)
+            cfg = canonical(self.space, self.space.to_config(params))
             key = config_key(cfg)
             trial.set_user_attr("config", key)
             metrics = self._cached(trial.study, key)
             if metrics is not None:
                 trial.set_user_attr("cached_from", metrics.pop("_from"))
             else:
-                metrics = self._measure(cfg)
+                metrics = self._measure(cfg, key)
             for k, v in metrics.items():
                 trial.set_user_attr(k, v)
             for c, v in zip(self.limits, metrics["violations"]):
@@ -234,14 +298,17 @@ class _Objective:
                     return m
         return None
 
-    def _measure(self, cfg: Config) -> dict[str, Any]:
+    def _measure(self, cfg: Config, key: str) -> dict[str, Any]:
         metrics: dict[str, Any] = self.meter.costs(self.costs, cfg)
         violations = [metrics[c] - lim for c, lim in self.limits.items()]
         feasible = all(v <= 0 for v in violations)
         metrics["violations"] = violations
         metrics["feasible"] = feasible
         if feasible or self.evaluate_infeasible:
-            metrics["score"] = evaluate_score(self.sn, self.evaluator, cfg)
+            if key == self.largest_key and self.reference.get("score") is not None:
+                metrics["score"] = self.reference["score"]  # the full model, scored once as the reference
+            else:
+                metrics["score"] = evaluate_score(self.sn, self.evaluator, cfg)
         return metrics
 
 
