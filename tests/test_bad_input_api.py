@@ -326,7 +326,10 @@ def test_load_subnet_refuses_an_edited_hidden_size(saved_per_layer):
 
 def test_load_subnet_refuses_an_edited_size_in_a_config_that_describes_the_subnet(saved_uniform):
     sub, folder = saved_uniform
-    sub.save_pretrained(folder)  # the plain Hugging Face way: no record of the saved config
+    sub.save_pretrained(folder)
+    meta = json.loads((folder / "osf_subnet.json").read_text())
+    del meta["hf_config"]  # a folder saved before osf recorded the config
+    (folder / "osf_subnet.json").write_text(json.dumps(meta))
     inner = sub.config.intermediate_size
     _edit_json(folder / "config.json", intermediate_size=inner + 16)
     with pytest.raises(ValueError, match=r"config.json no longer matches the weights: with its field "
@@ -334,12 +337,22 @@ def test_load_subnet_refuses_an_edited_size_in_a_config_that_describes_the_subne
         osf.load_subnet(folder)
 
 
+def test_load_subnet_refuses_an_edited_config_of_a_per_layer_subnet_saved_with_save_pretrained(saved_per_layer):
+    sub, folder = saved_per_layer
+    sub.save_pretrained(folder)  # the Hugging Face way records the saved config too
+    hidden = sub.config.hidden_size
+    _edit_json(folder / "config.json", hidden_size=hidden - 8)
+    with pytest.raises(ValueError, match=rf"config.json: field 'hidden_size' is {hidden - 8}, but the subnet was saved "
+                                         rf"with {hidden}"):
+        osf.load_subnet(folder)
+
+
 def test_load_subnet_refuses_an_edited_layer_count(saved_uniform):
     sub, folder = saved_uniform
     sub.save_pretrained(folder)
     _edit_json(folder / "config.json", num_hidden_layers=sub.config.num_hidden_layers - 1)
-    with pytest.raises(ValueError, match=r"config.json no longer matches the weights \(layer counts num_hidden_layers="
-                                         r"\d+\): the weights hold tensors it does not describe \(backbone.layers.\d"):
+    with pytest.raises(ValueError, match=r"config.json: field 'num_hidden_layers' is \d+, but the subnet was saved "
+                                         r"with \d+; the config no longer matches the weights"):
         osf.load_subnet(folder)
 
 

@@ -92,7 +92,9 @@ def _save_pretrained_with_meta(self: nn.Module, save_directory, *args, **kwargs)
 
     kwargs.setdefault("save_original_format", False)
     out = type(self).save_pretrained(self, save_directory, *args, **kwargs)
-    Path(save_directory, "osf_subnet.json").write_text(json.dumps(getattr(self, META_ATTR), indent=2, default=str))
+    meta = dict(getattr(self, META_ATTR))
+    meta["hf_config"] = self.config.to_dict()  # lets load_subnet notice a hand-edited config.json
+    Path(save_directory, "osf_subnet.json").write_text(json.dumps(meta, indent=2, default=str))
     return out
 
 

@@ -125,9 +125,11 @@ def block_importance(ir: IR, batches: Iterable[Any], model: nn.Module | None = N
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
-    was = model.training
+    """Run a block with ``model`` in eval mode, then give every submodule its own mode back."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        yield
+        yield model
     finally:
-        model.train(was)
+        for m, was in modes:
+            m.training = was
