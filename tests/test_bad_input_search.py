@@ -111,6 +111,16 @@ def test_storage_that_is_not_a_url_creates_nothing(cifar, tmp_path, monkeypatch,
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 
+def test_storage_sqlite_in_a_missing_or_wrong_folder(cifar, tmp_path):
+    out = tmp_path / "r"
+    one_line_error(invoke(*vit_args(cifar, out, "--storage", "sqlite:///nope/study.db")), "--storage", "nope",
+                   "does not exist")
+    (tmp_path / "adir").mkdir()
+    one_line_error(invoke(*vit_args(cifar, out, "--storage", f"sqlite:///{tmp_path / 'adir'}")), "--storage",
+                   "names a folder", "study.db")
+    assert not (out / "run.json").exists()
+
+
 def test_storage_api_refuses_non_urls(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for bad in ("not a url", "sqlite:"):
@@ -384,10 +394,19 @@ def test_study_name_edited(vit_run, tmp_path):
     one_line_error(invoke("extract", out, "--best", "--out", tmp_path / "sub"), "no study 'osf-renamed'", real)
 
 
-def test_journal_deleted(vit_run, tmp_path):
+def test_journal_deleted(vit_run, cifar, tmp_path):
     out = copy_run(vit_run, tmp_path)
     (out / "study.journal").unlink()
     one_line_error(invoke("extract", out, "--best", "--out", tmp_path / "sub"), "study.journal", "missing")
+    one_line_error(invoke(*vit_args(cifar, out, "--max-params", "0.7")), "study.journal is missing", "new --out")
+
+
+def test_study_name_edited_then_search_resumed(vit_run, cifar, tmp_path):
+    out = copy_run(vit_run, tmp_path)
+    spec = json.loads((out / "run.json").read_text())
+    real, spec["study_name"] = spec["study_name"], "osf-renamed"
+    (out / "run.json").write_text(json.dumps(spec))
+    one_line_error(invoke(*vit_args(cifar, out, "--max-params", "0.7")), "names study 'osf-renamed'", real)
 
 
 def test_relative_sqlite_url_and_extract_from_another_directory(cifar, tmp_path, monkeypatch):

@@ -67,9 +67,9 @@ def search_cmd(
     if num_fewshot is not None and (task in _run.BUILTIN_TASKS):
         raise ValueError(f"--num-fewshot applies to lm-eval tasks only, not to --task {task}")
     _check_device(device)
-    if storage is not None:
-        _check_storage(storage)
     run_dir = _check_run_dir(out)
+    if storage is not None:
+        _check_storage(storage, run_dir)
     check_task_inputs(task, data, include_path)
     if num_fewshot is None and task not in _run.BUILTIN_TASKS:
         num_fewshot = 0
@@ -97,6 +97,8 @@ def search_cmd(
     old = _run.check_run_identity(run_dir, spec)
     if old is not None and old.get("study_name"):
         spec["study_name"] = old["study_name"]  # the study this run folder already holds
+        if not storage:
+            _check_study_present(run_dir, spec)
     created = old is None
     journal_existed = (run_dir / JOURNAL_NAME).exists()
     write_run(run_dir, spec)
@@ -131,13 +133,32 @@ def _check_device(device: str) -> None:
             raise ValueError(f"--device {device}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
 
 
-def _check_storage(storage: str) -> None:
-    from osf.search.storage import check_url
+def _check_storage(storage: str, run_dir: Path) -> None:
+    from osf.search.storage import check_url, resolve_sqlite
 
     if "://" not in storage:
         raise ValueError(f"--storage {storage!r} is not a database URL; expected e.g. sqlite:///study.db (relative to "
                          "--out) or postgresql://user:password@host/db; leave --storage out to keep the study in --out")
-    check_url(storage, option="--storage")
+    check_url(resolve_sqlite(storage, run_dir), option="--storage")
+
+
+def _check_study_present(run_dir: Path, spec: dict[str, Any]) -> None:
+    """Resuming a run whose journal was deleted, or whose run.json names another study, would start over silently."""
+    journal = run_dir / JOURNAL_NAME
+    if not journal.is_file():
+        if (run_dir / "trials.csv").is_file():
+            raise FileNotFoundError(f"{str(run_dir)!r} has results (trials.csv) but its study {JOURNAL_NAME} is missing "
+                                    "(deleted?), so the run cannot be resumed; choose a new --out, or delete the folder "
+                                    "to start over")
+        return
+    import optuna
+
+    from osf.search.storage import make_storage
+
+    names = optuna.get_all_study_names(make_storage(str(journal), None))
+    if names and spec["study_name"] not in names:
+        raise ValueError(f"{str(run_dir / _run.RUN_FILE)!r} names study {spec['study_name']!r}, but {JOURNAL_NAME} "
+                         f"holds {names} (run.json edited?); restore the study name, or choose a new --out")
 
 
 def _forget_failed_start(run_dir: Path, spec: dict[str, Any], journal_existed: bool) -> None:

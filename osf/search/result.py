@@ -155,17 +155,19 @@ class SearchResult:
         return run_dir
 
     def table(self) -> str:
-        """The Pareto front as a text table."""
+        """The Pareto front as a text table, below the full model (the reference, budget or not)."""
         front = self.pareto
-        cols = [c for c in ("number", "score", "params", "macs", "latency") if c in front.columns or c in self.reference]
-        out = front[[c for c in cols if c in front.columns]].copy() if not front.empty else pd.DataFrame(columns=cols)
-        out.insert(0, "", "")
-        ref = {c: self.reference.get(c) for c in cols}
-        ref.update({"": "full model", "number": self._largest_trial()})
-        out = pd.concat([pd.DataFrame([ref]), out], ignore_index=True)
-        if "params" in out and "params" in self.reference:
-            out["params %"] = (100 * out["params"].astype(float) / self.reference["params"]).round(1)
-        text = out.fillna("-").to_string(index=False)
+        cols = [c for c in ("score", "params", "macs", "latency") if c in front.columns or c in self.reference]
+        full = self.reference.get("params")
+        rows = [{"": "full model", "trial": self._largest_trial(), **{c: self.reference.get(c) for c in cols}}]
+        rows += [{"": "", "trial": int(r["number"]), **{c: r.get(c) for c in cols}} for r in front.to_dict("records")]
+        out = pd.DataFrame(rows, columns=["", "trial", *cols])
+        for c in cols:
+            fmt = "{:,.0f}" if c in ("params", "macs") else "{:.4g}"
+            out[c] = [("-" if v is None or v != v else fmt.format(v)) for v in out[c]]
+        if full:
+            out["params %"] = [("-" if r.get("params") is None else f"{100 * r['params'] / full:.1f}") for r in rows]
+        text = out.to_string(index=False)
         return text + ("\n(no feasible trials)" if front.empty else "")
 
     def _largest_trial(self) -> Any:

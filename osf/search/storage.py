@@ -67,6 +67,7 @@ def check_url(url: str, option: str = "storage") -> None:
         parsed = make_url(url)
     except ArgumentError:
         raise ValueError(f"{option} {url!r} is not a database URL; expected DIALECT://..., {example}") from None
+    url = parsed.render_as_string(hide_password=True)  # error messages never show a password
     try:
         dialect = parsed.get_dialect()
     except NoSuchModuleError:
@@ -120,9 +121,13 @@ def _rdb(url: str, tries: int = 10) -> RDBStorage:
     for i in range(tries):
         try:
             return RDBStorage(url, engine_kwargs=_engine_kwargs(url))
-        except Exception:
+        except Exception as e:
             if i == tries - 1:
-                raise
+                from sqlalchemy.engine import make_url
+
+                shown = make_url(url).render_as_string(hide_password=True)
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise ValueError(f"cannot open the study storage {shown!r}: {type(e).__name__}: {first}") from e
             time.sleep(0.2 * (i + 1) + random.random() * 0.3)
     raise AssertionError("unreachable")
 

@@ -181,12 +181,12 @@ def _run(sn, evaluator, space, meter, objectives, budgets, costs, n_trials, samp
     except KeyboardInterrupt:
         bar.close()
         _abandon_running(study)
-        _interrupted(result, run_dir, n_trials)
+        _interrupted(result, run_dir, n_trials, resumable=storage is not None or run_dir is not None)
         raise
     finally:
         bar.close()
     if runner.interrupted:
-        _interrupted(result, run_dir, n_trials)
+        _interrupted(result, run_dir, n_trials, resumable=storage is not None or run_dir is not None)
         raise KeyboardInterrupt
     return result
 
@@ -204,7 +204,7 @@ def _abandon_running(study: optuna.Study) -> None:
                 pass
 
 
-def _interrupted(result: SearchResult, run_dir: Path | None, n_trials: int) -> None:
+def _interrupted(result: SearchResult, run_dir: Path | None, n_trials: int, resumable: bool) -> None:
     """After Ctrl-C: write what is done and say how to go on."""
     import sys
 
@@ -213,10 +213,9 @@ def _interrupted(result: SearchResult, run_dir: Path | None, n_trials: int) -> N
     if run_dir is not None:
         result.save(run_dir)
         where = f"; trials.csv and pareto.json in {run_dir} hold them"
-    sys.stderr.write(
-        f"search interrupted: {done} of {n_trials} trials complete (the running one was abandoned){where}. "
-        "Run the same command again to resume: finished trials are kept.\n"
-    )
+    how = ("Run the same search again (same run folder/storage) to resume: finished trials are kept."
+           if resumable else "The study was in memory and cannot be resumed; pass run_dir= (or storage=) to make it resumable.")
+    sys.stderr.write(f"search interrupted: {done} of {n_trials} trials complete (the running one was abandoned){where}. {how}\n")
 
 
 def _n_complete(study: optuna.Study) -> int:
