@@ -492,6 +492,41 @@ def test_rerun_with_other_num_fewshot_is_refused(tmp_path, monkeypatch, tiny_lm,
     one_line_error(invoke(*args, "--num-fewshot", "1"), "holds another run", "--num-fewshot 0", "--num-fewshot 1")
 
 
+def test_rerun_with_other_storage_is_refused(vit_run, cifar, tmp_path):
+    out = copy_run(vit_run, tmp_path)
+    one_line_error(invoke(*vit_args(cifar, out, "--max-params", "0.7", "--storage", "sqlite:///study.db")),
+                   "holds another run", "--storage (not given)", "--storage 'sqlite:///study.db'")
+    assert not (out / "study.db").exists()
+
+
+def test_rerun_with_changed_weights_is_refused(vit_run, cifar, tmp_path, monkeypatch):
+    from osf.models import load_model
+
+    def perturbed(name):
+        m = load_model(name)
+        with torch.no_grad():
+            next(m.parameters()).mul_(1.5)
+        return m, None
+
+    out = copy_run(vit_run, tmp_path)
+    monkeypatch.setattr(run_mod, "load_model", perturbed)
+    one_line_error(invoke(*vit_args(cifar, out, "--max-params", "0.7")), "holds another run", "the model's weights changed")
+
+
+def test_max_params_not_positive(cifar, tmp_path):
+    one_line_error(invoke(*vit_args(cifar, tmp_path / "r", "--max-params", "0")), "--max-params", "positive", "fraction")
+
+
+def test_perplexity_data_not_text(tmp_path, monkeypatch, tiny_lm, tokenizer):
+    monkeypatch.setattr(run_mod, "load_model", lambda name: (copy.deepcopy(tiny_lm), tokenizer))
+    (tmp_path / "t.txt").write_bytes(bytes(range(256)) * 4)
+    one_line_error(invoke("search", "tiny-mamba", "--task", "perplexity", "--data", tmp_path / "t.txt", "--out", tmp_path / "r"),
+                   "--data", "t.txt", "not UTF-8 text")
+    (tmp_path / "short.txt").write_text("too short")
+    one_line_error(invoke("search", "tiny-mamba", "--task", "perplexity", "--data", tmp_path / "short.txt", "--out",
+                          tmp_path / "r"), "--data", "short.txt", "fewer than one block")
+
+
 def test_failed_command_leaves_nothing_that_blocks_the_corrected_one(cifar, tmp_path):
     out = tmp_path / "r"
     one_line_error(invoke(*vit_args(cifar, out, "--max-params", "0.01")), "unreachable")

@@ -55,6 +55,9 @@ def search_cmd(
 
     # every option is checked before anything is loaded or written
     objs = check_objectives(objectives)
+    if max_params is not None and not max_params > 0:
+        raise ValueError(f"--max-params must be a positive number (<= 1: a fraction of the original's parameters, "
+                         f"> 1: a count), got {max_params}")
     budgets = check_constraints({"params": max_params} if max_params is not None else None)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {list(SAMPLERS)}")
@@ -74,6 +77,7 @@ def search_cmd(
     if num_fewshot is None and task not in _run.BUILTIN_TASKS:
         num_fewshot = 0
     given = {"model": model, "task": task, "objectives": list(objs), "max_params": max_params, "limit": limit,
+             "storage": storage,
              "data": str(data.resolve()) if data else None, "batch_size": batch_size, "num_fewshot": num_fewshot,
              "include_path": str(include_path.resolve()) if include_path else None}
     _run.check_run_identity(run_dir, given)  # before the model is loaded: a changed option is refused at once
@@ -91,7 +95,7 @@ def search_cmd(
     sn = osf.supernet(net)
     spec = {
         **given, "space": json.loads(sn.space.to_json()), "weights_sha256": checksum,
-        "trials": trials, "sampler": sampler, "storage": storage, "seed": seed, "device": device,
+        "trials": trials, "sampler": sampler, "seed": seed, "device": device,
         "study_name": _study_name(model, task, objs, max_params, limit, batch_size, num_fewshot),
     }
     old = _run.check_run_identity(run_dir, spec)

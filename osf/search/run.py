@@ -19,7 +19,8 @@ REQUIRED_KEYS = ("model", "task", "objectives", "space", "study_name")
 IDENTITY = {
     "model": "MODEL", "task": "--task", "objectives": "--objectives", "max_params": "--max-params",
     "data": "--data", "limit": "--limit", "batch_size": "--batch-size", "num_fewshot": "--num-fewshot",
-    "include_path": "--include-path", "weights_sha256": "the model's weights", "space": "the supernet's search space",
+    "include_path": "--include-path", "storage": "--storage", "weights_sha256": "the model's weights",
+    "space": "the supernet's search space",
 }
 
 
@@ -162,7 +163,16 @@ def build_evaluator(task: str, preprocessor: Any, *, data: str | Path | None = N
 
         path = Path(data)  # type: ignore[arg-type]
         files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
-        return Perplexity([f.read_text() for f in files], preprocessor, max_batches=limit, batch_size=batch_size)
+        texts = []
+        for f in files:
+            try:
+                texts.append(f.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                raise ValueError(f"--data {str(f)!r} is not UTF-8 text; task 'perplexity' reads plain .txt files") from None
+        try:
+            return Perplexity(texts, preprocessor, max_batches=limit, batch_size=batch_size)
+        except ValueError as e:
+            raise ValueError(f"--data {str(data)!r}: {e}") from None
     from osf.search.lmeval import LMEval
 
     return LMEval(task.split(","), preprocessor, limit=limit, batch_size=batch_size, include_path=include_path, device=device,
@@ -194,7 +204,8 @@ def check_run_identity(run_dir: Path, spec: dict[str, Any]) -> dict[str, Any] | 
             detail = (f"{option} changed since the run was made"
                       + (f" (checksum {str(old[key])[:12]}... then, {str(spec.get(key))[:12]}... now)" if key != "space" else ""))
         else:
-            detail = f"it was made with {option} {old[key]!r}, this command has {option} {spec.get(key)!r}"
+            shown = lambda v: "(not given)" if v is None else repr(v)  # noqa: E731
+            detail = f"it was made with {option} {shown(old[key])}, this command has {option} {shown(spec.get(key))}"
         raise ValueError(
             f"{str(run_dir)!r} holds another run: {detail}. Scores made with other settings cannot be mixed: repeat the "
             f"run's settings to resume it, or choose a new --out"
