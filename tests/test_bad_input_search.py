@@ -613,6 +613,17 @@ def test_configs_of_one_subnet_are_scored_once_and_shown_once():
         assert json.loads(c) == sn.space.canonical(json.loads(c))
 
 
+def test_pareto_shows_one_row_per_subnet_for_stored_non_canonical_configs():
+    space = SearchSpace(dims={"b.0:h": [4, 2], "b.1:h": [4, 2]}, stacks={"b": ["b.0", "b.1"]}, min_depth={"b": 1})
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for h in (4, 2):  # an older run stored both: block b.0 is dropped, so they are one subnet
+        cfg = {"b.0": False, "b.1": True, "b.0:h": h, "b.1:h": 2}
+        study.add_trial(optuna.trial.create_trial(values=[0.7, 10], params={}, distributions={}, user_attrs={
+            "config": json.dumps(cfg, sort_keys=True), "score": 0.7, "params": 10, "feasible": True}))
+    res = SearchResult(study=study, space=space, objectives=("score", "params"))
+    assert len(res.trials) == 2 and len(res.pareto) == 1
+
+
 def test_full_model_is_the_reference_even_over_budget(tmp_path, monkeypatch):
     res = search(FakeSupernet(), AgreementEvaluator(), n_trials=8, constraints={"params": 0.4}, show_progress=False)
     assert res.reference["score"] == 1.0  # scored although over the budget

@@ -55,7 +55,10 @@ class SearchResult:
         df = self.trials
         if df.empty:
             return df
-        df = df[df["feasible"]].drop_duplicates("config").reset_index(drop=True)
+        df = df[df["feasible"]]
+        # one row per subnet: configs differing only in the widths of dropped blocks are one subnet
+        df = df.assign(_subnet=[self._subnet_key(c) for c in df["config"]])
+        df = df.drop_duplicates("_subnet").drop(columns="_subnet").reset_index(drop=True)
         signs = {o: (1.0 if DIRECTIONS[o] == "minimize" else -1.0) for o in self.objectives}
         vals = [[signs[o] * r[o] for o in self.objectives] for _, r in df.iterrows()]
 
@@ -169,6 +172,14 @@ class SearchResult:
             out["params %"] = [("-" if r.get("params") is None else f"{100 * r['params'] / full:.1f}") for r in rows]
         text = out.to_string(index=False)
         return text + ("\n(no feasible trials)" if front.empty else "")
+
+    def _subnet_key(self, config: Any) -> Any:
+        from osf.search.study import canonical, config_key
+
+        try:
+            return config_key(canonical(self.space, json.loads(config)))
+        except (TypeError, ValueError):  # not a config of this space: keep it as it is
+            return config
 
     def _largest_trial(self) -> Any:
         """Number of a trial of the full model (``-`` if none)."""
