@@ -161,6 +161,20 @@ def test_out_is_a_file(cifar, tmp_path):
     assert f.read_text() == "keep me"
 
 
+def test_run_dir_is_a_file_api(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(NotADirectoryError, match="run_dir .* is a file"):
+        search(FakeSupernet(), AgreementEvaluator(), n_trials=2, run_dir=f, show_progress=False)
+    with pytest.raises(TypeError, match="run_dir must be a folder path"):
+        search(FakeSupernet(), AgreementEvaluator(), n_trials=2, run_dir=3, show_progress=False)
+
+
+def test_language_task_with_a_model_without_tokenizer(tmp_path, lastword_task):
+    one_line_error(invoke("search", "tiny-mamba", "--task", lastword_task[1], "--include-path", lastword_task[0],
+                          "--out", tmp_path / "r"), "needs a tokenizer", "hub id")
+
+
 def test_include_path_is_a_file(tmp_path):
     f = tmp_path / "task.yaml"
     f.write_text("task: x\n")

@@ -70,7 +70,7 @@ def search_cmd(
     if num_fewshot is not None and (task in _run.BUILTIN_TASKS):
         raise ValueError(f"--num-fewshot applies to lm-eval tasks only, not to --task {task}")
     _check_device(device)
-    run_dir = _check_run_dir(out)
+    run_dir = _check_run_dir(out, "--out")
     if storage is not None:
         _check_storage(storage, run_dir)
     check_task_inputs(task, data, include_path)
@@ -214,7 +214,7 @@ def extract_cmd(
     spec = read_run(run_dir)
     from osf.search.study import _check_run_dir
 
-    _check_run_dir(out)
+    _check_run_dir(out, "--out")
     import optuna
 
     import osf

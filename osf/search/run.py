@@ -157,7 +157,8 @@ def build_evaluator(task: str, preprocessor: Any, *, data: str | Path | None = N
         return ImageAccuracy(f"{IMAGE_TASKS[task]}:{data}", split=split, batch_size=batch_size, limit=limit,
                              processor=_image_processor_dict(preprocessor))
     if preprocessor is None:
-        raise ValueError(f"task {task!r} needs a tokenizer, and none was found with the model")
+        raise ValueError(f"task {task!r} needs a tokenizer, and none was found with the model; give a local Hugging "
+                         "Face folder or hub id that holds tokenizer files (built-in tiny models have none)")
     if task == "perplexity":
         from osf.search.perplexity import Perplexity
 

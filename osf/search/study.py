@@ -47,17 +47,19 @@ def _space_params(space: SearchSpace, which: str) -> dict[str, int]:
     return out
 
 
-def _check_run_dir(run_dir: str | Path) -> Path:
+def _check_run_dir(run_dir: str | Path, option: str = "run_dir") -> Path:
+    if not isinstance(run_dir, (str, Path)):
+        raise TypeError(f"{option} must be a folder path (str or Path), got {type(run_dir).__name__}")
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
-        raise NotADirectoryError(f"--out {str(run_dir)!r} is a file; give a folder (it is created if missing)")
+        raise NotADirectoryError(f"{option} {str(run_dir)!r} is a file; give a folder (it is created if missing)")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".osf-write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise ValueError(f"run directory {str(run_dir)!r} is not writable ({e.strerror or e}); choose another --out") from e
+        raise ValueError(f"run directory {str(run_dir)!r} is not writable ({e.strerror or e}); choose another {option}") from e
     return run_dir
 
 
