@@ -543,9 +543,28 @@ def test_perplexity_data_not_text(tmp_path, monkeypatch, tiny_lm, tokenizer):
 
 def test_failed_command_leaves_nothing_that_blocks_the_corrected_one(cifar, tmp_path):
     out = tmp_path / "r"
-    one_line_error(invoke(*vit_args(cifar, out, "--max-params", "0.01")), "unreachable")
+    one_line_error(invoke(*vit_args(cifar, out, "--max-params", "0.01")), "--max-params 0.01", "unreachable",
+                   "allow at least")
     assert not (out / "run.json").exists() and not (out / "study.journal").exists()
     res = invoke(*vit_args(cifar, out, "--max-params", "0.7"))
+    assert res.exit_code == 0, res.output
+
+
+def test_search_failing_at_its_start_leaves_nothing_behind(cifar, tmp_path, monkeypatch):
+    real = run_mod.build_evaluator
+
+    def failing(*a, **kw):
+        ev = real(*a, **kw)
+        ev.__class__ = type("Failing", (type(ev),), {"__call__": lambda self, m: (_ for _ in ()).throw(
+            ValueError("the data server went away"))})
+        return ev
+
+    monkeypatch.setattr(run_mod, "build_evaluator", failing)
+    out = tmp_path / "r"
+    one_line_error(invoke(*vit_args(cifar, out)), "the data server went away")
+    assert not (out / "run.json").exists() and not (out / "study.journal").exists()
+    monkeypatch.setattr(run_mod, "build_evaluator", real)
+    res = invoke(*vit_args(cifar, out, "--limit", "5"))  # another --limit is not "another run": none was made
     assert res.exit_code == 0, res.output
 
 

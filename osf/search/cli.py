@@ -93,6 +93,8 @@ def search_cmd(
                                 num_fewshot=num_fewshot)
     _run.check_model_fits_task(task, net, pre, evaluator, model)
     sn = osf.supernet(net)
+    if max_params is not None:
+        _check_params_budget(sn, max_params)
     spec = {
         **given, "space": json.loads(sn.space.to_json()), "weights_sha256": checksum,
         "trials": trials, "sampler": sampler, "seed": seed, "device": device,
@@ -121,6 +123,17 @@ def search_cmd(
     result.plot_pareto(run_dir / "pareto.png")
     typer.echo(result.table())
     typer.echo(f"results in {run_dir}")
+
+
+def _check_params_budget(sn: Any, max_params: float) -> None:
+    from osf.search.objectives import resolve_limit
+
+    full, small = sn.num_params(sn.space.largest()), sn.num_params(sn.space.smallest())
+    limit = resolve_limit(max_params, full)
+    if small > limit:
+        raise ValueError(f"--max-params {max_params:g} ({limit:,.0f} parameters) is unreachable: the smallest subnet has "
+                         f"{small:,} parameters ({small / full:.1%} of the original {full:,}); allow at least "
+                         f"{small / full:.3f} (a fraction) or {small:,} (a count)")
 
 
 def _check_device(device: str) -> None:

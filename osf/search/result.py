@@ -75,7 +75,9 @@ class SearchResult:
              max_latency_ms: float | None = None) -> pd.Series:
         """The feasible trial with the best score within the limits.
 
-        Limits follow the budget rule: ``<= 1`` is a fraction of the largest config's
+        Among equal scores the one with fewer parameters wins, then fewer MACs, then lower
+        latency, so the trial returned is never dominated (the trial number decides only
+        between identical results). Limits follow the budget rule: ``<= 1`` is a fraction of the largest config's
         value, ``> 1`` absolute. Raises ``ValueError`` if no trial fits.
         """
         df = self.trials
