@@ -26,18 +26,11 @@ def extract(sn: "Supernet", cfg: Config, verify: bool = True) -> nn.Module:
     :mod:`osf.elastic.verify`); a Hugging Face config is only said to express the subnet when
     the class built from it computes the same outputs, whatever ``verify`` says.
     """
-    from osf.elastic.supernet import check_inputs
-    from osf.elastic.verify import check_extract, run, vary_inputs
+    from osf.elastic.verify import check_extract, run, trace_inputs
 
-    inputs = [check_inputs(sn.example_inputs)]
-    inputs.append(vary_inputs(inputs[0]))
+    inputs = trace_inputs(sn.ir.graph.meta["osf"])
     with sn.use(cfg), eval_mode(sn.model):
-        expected = []
-        for inp in list(inputs):
-            try:
-                expected.append(run(sn.model, inp))
-            except Exception:  # one input shape only
-                inputs.remove(inp)
+        expected = [run(sn.model, inp) for inp in inputs]
     with sn.use(cfg):
         memo: dict[int, Any] = {}
         for name in sn.ir.tensor_axes:

@@ -352,8 +352,8 @@ def supernet(model: nn.Module, example_inputs: Any = None, *, space: Any = None,
     if example_inputs is None:
         example_inputs = default_inputs(model)
     with eval_mode(model):
-        reference = verify_module.Reference.capture(model, check_inputs(example_inputs)) if verify else None
         ir = analyze(model, _first_samples(example_inputs))
+        reference = verify_module.Reference.from_trace(ir.graph.meta["osf"]) if verify else None
         if not ir.dims and not ir.blocks:
             raise ValueError(f"{type(model).__name__} has no elastic dims and no droppable blocks: "
                              "nothing to search (see `osf inspect` for why)")
@@ -378,7 +378,3 @@ def supernet(model: nn.Module, example_inputs: Any = None, *, space: Any = None,
             verify_module.check_build(sn, reference, permuted)
     return sn
 
-
-def check_inputs(example_inputs: Any) -> Any:
-    """What the guards run on: the first two samples (first 16 tokens) of the example inputs."""
-    return _first_samples(example_inputs, n=2)

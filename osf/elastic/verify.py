@@ -20,12 +20,14 @@ import torch
 from torch import nn
 
 from osf.ir.apply import permute_dims
-from osf.ir.trace import flatten_output, normalize_inputs
+from osf.ir.trace import flatten_output
 
 if TYPE_CHECKING:
     from osf.elastic.supernet import Supernet
 
-TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+# float32: deep random-init models drift ~1e-4 from summation order alone (24-layer Mamba-130M);
+# members the analysis missed move outputs by 1e-2 and more
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
 
 class VerificationError(RuntimeError):
@@ -50,12 +52,26 @@ def output_tensors(out: Any) -> list[torch.Tensor]:
     return found
 
 
+Inputs = tuple  # (positional tensors, keyword tensors), as the trace recorded them
+
+
 @torch.no_grad()
-def run(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
-    """The model's task outputs on ``inputs`` (as the trace sees them: hidden states, which a
-    reordered supernet returns in its own channel order, and caches are left out)."""
-    args, kwargs = normalize_inputs(inputs)
+def run(model: nn.Module, inputs: Inputs) -> list[torch.Tensor]:
+    """The model's task outputs on ``inputs``, called as a user calls it (its default options,
+    caches included). Hidden states, which a reordered supernet returns in its own channel
+    order, and caches are left out of the comparison, as the trace leaves them out."""
+    args, kwargs = inputs
     return output_tensors(flatten_output(model(*args, **kwargs)))
+
+
+def trace_inputs(meta: Mapping[str, Any]) -> list[Inputs]:
+    """The inputs the guards check on: what was traced, and the replay's input of another
+    batch size and length (when the model takes it)."""
+    inputs = [(tuple(meta["example_args"]), dict(meta["example_kwargs"]))]
+    if meta.get("shape_check") is not None:
+        args, kwargs, _ = meta["shape_check"]
+        inputs.append((tuple(args), dict(kwargs)))
+    return inputs
 
 
 def relative_error(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
@@ -81,41 +97,21 @@ def tolerance(outputs: list[torch.Tensor]) -> float:
     return max((TOLERANCE.get(t.dtype, 1e-4) for t in outputs), default=1e-4)
 
 
-def vary_inputs(inputs: Any) -> Any:
-    """The same inputs with one more sample (and two more tokens for integer sequences):
-    a second shape on which a faithful supernet must still equal the original."""
-    def vary(t: Any) -> Any:
-        if not isinstance(t, torch.Tensor) or t.dim() == 0:
-            return t
-        t = torch.cat([t, t[:1].flip(-1) if t.dim() >= 2 and not t.is_floating_point() else t[:1]], dim=0)
-        if t.dim() == 2 and not t.is_floating_point():
-            t = torch.cat([t, t[:, :2]], dim=1)
-        return t
-    if isinstance(inputs, torch.Tensor):
-        return vary(inputs)
-    if isinstance(inputs, Mapping):
-        return {k: vary(v) for k, v in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(vary(v) for v in inputs)
-    return inputs
-
-
 @dataclass
 class Reference:
     """The original model's outputs on the check inputs, taken before anything changed."""
 
-    inputs: list[Any]
+    inputs: list[Inputs]
     outputs: list[list[torch.Tensor]]
 
     @classmethod
-    def capture(cls, model: nn.Module, inputs: Any) -> "Reference":
-        pairs = [(inputs, run(model, inputs))]
-        second = vary_inputs(inputs)
-        try:
-            pairs.append((second, run(model, second)))
-        except Exception:  # the model takes one input shape only (fixed image size...)
-            pass
-        return cls([p[0] for p in pairs], [p[1] for p in pairs])
+    def from_trace(cls, meta: Mapping[str, Any]) -> "Reference":
+        """The outputs the trace recorded on :func:`trace_inputs`, so the guard costs no
+        extra forward of the original model."""
+        outputs = [output_tensors(meta["example_outputs"])]
+        if meta.get("shape_check") is not None:
+            outputs.append(output_tensors(meta["shape_check"][2]))
+        return cls(trace_inputs(meta), outputs)
 
     def worst(self, model: nn.Module) -> tuple[float, float, int]:
         """(relative error, tolerance, index of the worst input) of ``model`` against the reference."""

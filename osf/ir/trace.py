@@ -587,7 +587,7 @@ def trace(model: nn.Module, example_inputs: Any = None, *, check: bool = True) -
         returns the model's task outputs as a dict of tensors. ``gm.meta["osf"]`` holds
         the tracing record (leaf calls, guards, input names).
     """
-    from osf.ir.inputs import default_inputs, random_like_inputs, static_kwargs_for
+    from osf.ir.inputs import default_inputs, static_kwargs_for
 
     if example_inputs is None:
         example_inputs = default_inputs(model)
@@ -646,10 +646,22 @@ def trace(model: nn.Module, example_inputs: Any = None, *, check: bool = True) -
         "example_args": args,
         "example_kwargs": tensor_kwargs,
         "outputs": list(out.keys()),
+        "example_outputs": {k: v.detach() for k, v in out.items()},  # the original model's, for the guards
     }
     if check:
-        _check_replay(gm, wrapper, args, tensor_kwargs, tracer.guards, random_like_inputs)
+        gm.meta["osf"]["shape_check"] = _check_replay(gm, wrapper, args, tensor_kwargs, tracer.guards)
     return gm
+
+
+def _batch_of(args: tuple, kwargs: dict) -> int:
+    tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.dim() > 0]
+    return int(tensors[0].shape[0]) if tensors else 1
+
+
+def _seq_of(args: tuple, kwargs: dict) -> int | None:
+    ids = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.dim() == 2
+           and not t.is_floating_point()]
+    return int(ids[0].shape[1]) + 2 if ids else None
 
 
 def _location_of(e: BaseException) -> str:
@@ -661,12 +673,30 @@ def _location_of(e: BaseException) -> str:
     return "<unknown>"
 
 
-def _check_replay(gm, wrapper, args, kwargs, guards, random_like_inputs, draws: int = 4) -> None:
-    """Model and graph must agree on fresh random inputs (several draws when guards were taken)."""
+def _check_replay(gm, wrapper, args, kwargs, guards, draws: int = 4) -> tuple | None:
+    """Model and graph must agree on fresh random inputs (several draws when guards were taken),
+    the first with one more sample and two more tokens where the model takes that shape.
+
+    Returns ``(args, kwargs, outputs)`` of the model on that other shape (None if it takes one
+    shape only): the supernet's build check reuses them."""
+    from osf.ir.inputs import random_like_inputs, resize_inputs
+
+    other_shape = None
     for seed in range(1234, 1234 + (draws if guards else 1)):
         new_args, new_kwargs = random_like_inputs(args, kwargs, seed=seed)
+        if seed == 1234:
+            resized = resize_inputs(args, kwargs, batch=_batch_of(args, kwargs) + 1, seq_len=_seq_of(args, kwargs),
+                                    seed=seed)
+            try:
+                with torch.no_grad():
+                    outputs = wrapper(*resized[0], **resized[1])
+                new_args, new_kwargs = resized
+                other_shape = (new_args, new_kwargs, {k: v.detach() for k, v in outputs.items()})
+            except Exception:  # a model that takes one input shape only
+                pass
         with torch.no_grad():
-            expected = wrapper(*new_args, **new_kwargs)
+            expected = other_shape[2] if other_shape is not None and seed == 1234 else wrapper(*new_args,
+                                                                                                 **new_kwargs)
             got = gm(*new_args, **new_kwargs)
         for k, v in expected.items():
             g = got[k]
@@ -678,3 +708,4 @@ def _check_replay(gm, wrapper, args, kwargs, guards, random_like_inputs, draws: 
                     "Register the module that decides on tensor values as a leaf (osf.ir.register_leaf) "
                     "or give it an op rule (osf.ir.rules.register)."
                 )
+    return other_shape
