@@ -37,7 +37,8 @@ def write_card(out: Path, spec: Mapping[str, Any], trial: int, config: Mapping[s
         "",
         f"- score: {metric or 'higher is better'}",
         f"- task: `{task}`" + (f", few-shot: {spec['num_fewshot']}" if spec.get("num_fewshot") is not None else ""),
-        f"- data: {('`' + str(spec['data']) + '`') if spec.get('data') else 'the task default'}",
+        f"- data: {('`' + str(spec['data']) + '`') if spec.get('data') else 'the task default'}"
+        + (f" (task definitions from `{spec['include_path']}`)" if spec.get("include_path") else ""),
         f"- limit: {spec['limit'] if spec.get('limit') is not None else 'none (all examples)'}"
         + (f", batch size {spec['batch_size']}" if spec.get("batch_size") else ""),
         "",
