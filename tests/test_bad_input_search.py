@@ -683,7 +683,7 @@ def test_model_card_names_metric_reference_and_loading(vit_run, tmp_path):
     res = invoke("extract", vit_run, "--best", "--out", tmp_path / "sub")
     assert res.exit_code == 0, res.output
     card = (tmp_path / "sub" / "README.md").read_text()
-    for needle in ("top-1 accuracy", "higher is better", "full model", "cifar10", "limit: 6", "from_pretrained",
+    for needle in ("top-1 accuracy", "higher is better", "full model", "cifar10", "limit: 6", "from_pretrained", "| macs |",
                    str(json.loads((vit_run / "run.json").read_text())["data"])):
         assert needle in card, needle
     full = json.loads((vit_run / "pareto.json").read_text())["reference"]

@@ -19,7 +19,8 @@ def _fmt(key: str, value: Any) -> str:
 
 
 def write_card(out: Path, spec: Mapping[str, Any], trial: int, config: Mapping[str, Any], metrics: Mapping[str, Any],
-               reference: Mapping[str, Any], metric: str | None = None, loads_with_from_pretrained: bool | None = None) -> Path:
+               reference: Mapping[str, Any], metric: str | None = None, loads_with_from_pretrained: bool | None = None,
+               notes: list[str] | None = None) -> Path:
     """Write ``out/README.md``: where the subnet comes from, its score beside the full model's, its costs.
 
     Args:
@@ -28,6 +29,7 @@ def write_card(out: Path, spec: Mapping[str, Any], trial: int, config: Mapping[s
         reference: the same for the full model (the search's reference).
         metric: what the score is, with its direction (e.g. "top-1 accuracy ..., higher is better").
         loads_with_from_pretrained: whether the saved ``config.json`` alone rebuilds the subnet.
+        notes: extra lines (e.g. how a cost was measured).
     """
     model, task = spec["model"], spec["task"]
     lines = [
@@ -53,6 +55,7 @@ def write_card(out: Path, spec: Mapping[str, Any], trial: int, config: Mapping[s
         if key in _COSTS and full and mine is not None and mine == mine:
             text += f" ({mine / full:.1%})"
         lines.append(f"| {key} | {text} | {_fmt(key, full)} |")
+    lines += [f"\n{n}" for n in notes or []]
     if loads_with_from_pretrained is None:
         how = "Load it with `osf.load_subnet(path)`."
     elif loads_with_from_pretrained:

@@ -267,9 +267,13 @@ def extract_cmd(
     row = rows[rows["number"] == number].iloc[0].to_dict() if "number" in rows else {}
     metrics = {k: row.get(k) for k in ("score", "params", "macs", "latency")}
     metrics["params"] = sn.num_params(cfg)
+    reference, notes = dict(result.reference), []
+    if metrics.get("macs") is None or metrics["macs"] != metrics["macs"]:  # the search did not measure MACs
+        metrics["macs"], reference["macs"] = sn.macs(cfg), sn.macs(sn.space.largest())
+        notes.append("MACs: one forward pass of the model's default example inputs (the search did not measure them)")
     meta = getattr(sub, "_osf_subnet", None) or {}
-    write_card(out, spec, number, cfg, metrics, result.reference, study.user_attrs.get("osf_metric"),
-               meta.get("config_expresses_subnet"))
+    write_card(out, spec, number, cfg, metrics, reference, study.user_attrs.get("osf_metric"),
+               meta.get("config_expresses_subnet"), notes)
     typer.echo(f"trial {number}: {sn.num_params(cfg):,} parameters -> {out}")
 
 
