@@ -314,6 +314,29 @@ def test_failing_evaluator_logs_no_optuna_traceback(capfd, optuna_log):
     assert "Traceback" not in err and not optuna_log  # optuna logged "Trial 0 failed" + traceback
 
 
+@pytest.mark.parametrize("kw, exc, message", [
+    ({"sn": nn.Linear(2, 2)}, TypeError, r"sn must be a supernet \(build one with osf.supernet\(model\)\), got Linear"),
+    ({"constraints": 0.5}, TypeError, r"constraints must be a dict of budgets such as \{'params': 0.5\}, got float"),
+    ({"n_trials": True}, ValueError, "n_trials must be a positive integer, got True"),
+    ({"timeout": 0}, ValueError, "timeout must be a positive number of seconds"),
+    ({"seed": "1"}, TypeError, "seed must be an integer or None"),
+], ids=["module-not-supernet", "constraints-number", "n_trials-bool", "timeout-0", "seed-str"])
+def test_search_api_arguments(kw, exc, message):
+    args = {"sn": FakeSupernet(), "evaluator": AgreementEvaluator(), "n_trials": 2, "show_progress": False, **kw}
+    with pytest.raises(exc, match=message):
+        search(**args)
+
+
+@pytest.mark.parametrize("value, exc, message", [
+    (None, TypeError, "returned None; it must return one number"),
+    ({"acc": 0.5}, TypeError, "returned dict; it must return one number"),
+    (float("inf"), ValueError, "returned inf .* finite"),
+])
+def test_evaluator_must_return_one_finite_number(value, exc, message):
+    with pytest.raises(exc, match=message):
+        search(FakeSupernet(), lambda m: value, n_trials=2, show_progress=False)
+
+
 # ------------------------------------------------------------------------------- Ctrl-C
 class InterruptAfter(AgreementEvaluator):
     def __init__(self, n: int):

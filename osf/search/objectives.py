@@ -35,6 +35,8 @@ def check_objectives(objectives: tuple[str, ...] | list[str] | str) -> tuple[str
 def check_constraints(constraints: Mapping[str, float] | None) -> dict[str, float]:
     """Check budget names and values (see the module docstring for the rule)."""
     out: dict[str, float] = {}
+    if constraints is not None and not isinstance(constraints, Mapping):
+        raise TypeError(f"constraints must be a dict of budgets such as {{'params': 0.5}}, got {type(constraints).__name__}")
     for name, value in (constraints or {}).items():
         if name not in COSTS:
             raise ValueError(f"unknown budget {name!r}; budgets can be set on {list(COSTS)}")
@@ -161,8 +163,19 @@ class CostMeter:
 
 def evaluate_score(sn: SupernetLike, evaluator: Evaluator, cfg: Config) -> float:
     """The evaluator's score of ``cfg``, computed with that config active."""
+    import math
+
     with sn.use(cfg):
-        score = float(evaluator(sn.model))
-    if score != score:  # NaN
-        raise ValueError(f"evaluator {evaluator.name!r} returned NaN for config {cfg}")
+        raw = evaluator(sn.model)
+    try:
+        if isinstance(raw, bool):
+            raise TypeError
+        score = float(raw)
+    except (TypeError, ValueError):
+        shown = type(raw).__name__ if not isinstance(raw, (int, float, str, type(None))) else repr(raw)
+        raise TypeError(f"evaluator {evaluator.name!r} returned {shown[:80]}; it must return one number, the score "
+                        "(higher is better)") from None
+    if not math.isfinite(score):  # NaN or inf: the search could not rank it
+        raise ValueError(f"evaluator {evaluator.name!r} returned {score} for config {cfg}; a score must be a finite "
+                         "number (higher is better)")
     return score

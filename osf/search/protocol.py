@@ -56,7 +56,7 @@ class CallableEvaluator:
         self._example_inputs = example_inputs if example_inputs is not None else getattr(fn, "example_inputs", None)
 
     def __call__(self, model: nn.Module) -> float:
-        return float(self.fn(model))
+        return self.fn(model)  # evaluate_score checks that it is one finite number
 
     def example_inputs(self) -> Any:
         ex = self._example_inputs

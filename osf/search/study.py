@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
@@ -109,8 +110,13 @@ def search(
     objectives = check_objectives(objectives)
     budgets = check_constraints(constraints)
     evaluator = as_evaluator(evaluator)
-    if not isinstance(n_trials, int) or n_trials < 1:
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an integer or None, got {seed!r}")
+    _check_supernet(sn)
     if run_dir is not None:
         run_dir = _check_run_dir(run_dir)
     space: SearchSpace = sn.space
@@ -127,6 +133,14 @@ def search(
     finally:
         optuna.logging.set_verbosity(quiet)
     return result
+
+
+def _check_supernet(sn: Any) -> None:
+    missing = [a for a in ("space", "use", "num_params", "model") if not hasattr(sn, a)]
+    if missing or not isinstance(sn.space, SearchSpace):
+        hint = " (build one with osf.supernet(model))" if isinstance(sn, torch.nn.Module) or missing else ""
+        raise TypeError(f"sn must be a supernet{hint}, got {type(sn).__name__}"
+                        + (f" without {', '.join(missing)}" if missing and not isinstance(sn, torch.nn.Module) else ""))
 
 
 def _run(sn, evaluator, space, meter, objectives, budgets, costs, n_trials, sampler, storage, run_dir, name, seed,
