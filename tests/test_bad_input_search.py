@@ -475,6 +475,13 @@ def test_extract_trial_with_max_params_is_refused(vit_run, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_extract_best_with_an_unmet_max_params(vit_run, tmp_path):
+    one_line_error(invoke("extract", vit_run, "--best", "--max-params", "0.001", "--out", tmp_path / "s"),
+                   "no feasible trial within max_params=0.001", "the cheapest scored trial has")
+    with pytest.raises(ValueError, match="max_macs must be a positive number"):
+        constructed_result([{"score": 0.5, "params": 10, "macs": 1}], {"params": 10, "macs": 1}).best(max_macs=-1)
+
+
 def test_extract_trial_that_did_not_complete(vit_run, tmp_path):
     one_line_error(invoke("extract", vit_run, "--trial", "-1", "--out", tmp_path / "s"), "trial -1 does not exist",
                    "completed trials: 0..1")

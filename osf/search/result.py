@@ -82,18 +82,26 @@ class SearchResult:
         """
         df = self.trials
         df = df[df["feasible"]] if not df.empty else df
-        for name, lim in (("params", max_params), ("macs", max_macs), ("latency", max_latency_ms)):
+        scored = df[df["score"].notna()] if not df.empty else df
+        given = []
+        for name, arg, lim in (("params", "max_params", max_params), ("macs", "max_macs", max_macs),
+                               ("latency", "max_latency_ms", max_latency_ms)):
             if lim is None:
                 continue
+            if isinstance(lim, bool) or not isinstance(lim, (int, float)) or not lim > 0:
+                raise ValueError(f"{arg} must be a positive number (<= 1: a fraction of the full model's, > 1: "
+                                 f"absolute), got {lim!r}")
             if name not in df.columns or name not in self.reference:
                 raise ValueError(f"no {name} were recorded in this search; add {name!r} to objectives or budgets")
-            df = df[df[name] <= resolve_limit(lim, self.reference[name]) + 1e-9]
+            absolute = resolve_limit(lim, self.reference[name])
+            df = df[df[name] <= absolute + 1e-9]
+            least = scored[name].min() if not scored.empty else None
+            given.append(f"{arg}={lim:g} ({absolute:,.6g}; the cheapest scored trial has {least:,.6g})"
+                         if least is not None else f"{arg}={lim:g}")
         df = df[df["score"].notna()] if not df.empty else df
         if df.empty:
-            raise ValueError(
-                f"no feasible trial within max_params={max_params}, max_macs={max_macs}, "
-                f"max_latency_ms={max_latency_ms}; largest config: {self.reference}"
-            )
+            within = f" within {', '.join(given)}" if given else ""
+            raise ValueError(f"no feasible trial{within}; {len(scored)} trial(s) were scored")
         # the best score; among equal scores the cheapest (params, then MACs, then latency): a
         # dominated trial is never returned, and the trial number never decides
         keys = ["score", *[c for c in ("params", "macs", "latency") if c in df.columns], "number"]
