@@ -358,7 +358,7 @@ def test_ctrl_c_saves_results_and_resumes(tmp_path, capfd, optuna_log):
     df = pd.read_csv(tmp_path / "trials.csv")
     assert 0 < len(df) < 10 and df["score"].notna().any()
     pareto = json.loads((tmp_path / "pareto.json").read_text())
-    assert pareto["pareto"]
+    assert pareto["pareto"] and (tmp_path / "pareto.png").is_file()
     storage = make_storage(str(tmp_path / "study.journal"), None)
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)

@@ -228,7 +228,8 @@ def _interrupted(result: SearchResult, run_dir: Path | None, n_trials: int, resu
     where = ""
     if run_dir is not None:
         result.save(run_dir)
-        where = f"; trials.csv and pareto.json in {run_dir} hold them"
+        result.plot_pareto(Path(run_dir) / "pareto.png")
+        where = f"; trials.csv, pareto.json and pareto.png in {run_dir} hold them"
     how = ("Run the same search again (same run folder/storage) to resume: finished trials are kept."
            if resumable else "The study was in memory and cannot be resumed; pass run_dir= (or storage=) to make it resumable.")
     sys.stderr.write(f"search interrupted: {done} of {n_trials} trials complete (the running one was abandoned){where}. {how}\n")
