@@ -140,6 +140,18 @@ def test_device_cuda_without_cuda(cifar, tmp_path, monkeypatch):
                    "--device cpu")
 
 
+def test_device_index_beyond_the_gpus(cifar, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    one_line_error(invoke(*vit_args(cifar, tmp_path / "r", "--device", "cuda:3")), "--device cuda:3", "1 CUDA device",
+                   "cuda:0..cuda:0")
+
+
+def test_image_task_combined_with_other_tasks(cifar, tmp_path):
+    one_line_error(invoke("search", "tiny-vit", "--task", "cifar10,lambada_openai", "--data", cifar, "--out", tmp_path / "r"),
+                   "--task", "'cifar10' cannot be combined", "only lm-eval tasks combine")
+
+
 def test_unknown_task_lists_builtins_and_suggests(tmp_path):
     line = one_line_error(invoke("search", "tiny-vit", "--task", "cifar-10", "--out", tmp_path / "r"),
                           "unknown task 'cifar-10'", "did you mean cifar10")
@@ -480,6 +492,13 @@ def test_extract_best_with_an_unmet_max_params(vit_run, tmp_path):
                    "no feasible trial within max_params=0.001", "the cheapest scored trial has")
     with pytest.raises(ValueError, match="max_macs must be a positive number"):
         constructed_result([{"score": 0.5, "params": 10, "macs": 1}], {"params": 10, "macs": 1}).best(max_macs=-1)
+
+
+def test_extract_out_or_run_dir_is_a_file(vit_run, tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    one_line_error(invoke("extract", vit_run, "--best", "--out", f), "--out", "is a file")
+    one_line_error(invoke("extract", f, "--best", "--out", tmp_path / "s"), "is a file", "osf search --out")
 
 
 def test_extract_trial_that_did_not_complete(vit_run, tmp_path):
