@@ -101,6 +101,12 @@ def test_search_resume_and_extract_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     assert sum(p.numel() for p in osf.load_subnet(tmp_path / "sub0").parameters()) == sn.num_params()
     one_line_error(invoke("extract", str(out), "--trial", "99", "--out", str(tmp_path / "s")), "does not exist")
+    # extracting again into a folder that holds a model: refused, then replaced with --overwrite
+    one_line_error(invoke("extract", str(out), "--trial", "1", "--out", str(tmp_path / "sub0")),
+                   "already holds a model", "--overwrite")
+    res = invoke("extract", str(out), "--trial", "1", "--out", str(tmp_path / "sub0"), "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert sum(p.numel() for p in osf.load_subnet(tmp_path / "sub0").parameters()) < sn.num_params()
 
 
 @pytest.mark.parametrize("task", ["lm", "perplexity"])

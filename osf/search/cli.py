@@ -215,6 +215,7 @@ def extract_cmd(
     trial: Optional[int] = typer.Option(None, "--trial", help="Trial number to extract."),
     best: bool = typer.Option(False, "--best", help="Extract the best-scoring trial (within --max-params)."),
     max_params: Optional[float] = typer.Option(None, "--max-params", help="With --best: <=1 fraction, >1 absolute."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already saved in --out."),
 ) -> None:
     """Extract a subnet found by `osf search` as a real, smaller model."""
     if (trial is None) == (not best):
@@ -258,7 +259,12 @@ def extract_cmd(
             raise ValueError(f"trial {number} {why}; completed trials: {_ranges(done)}")
     cfg = result.config(number)
     sub = sn.extract(cfg)
-    osf.save_subnet(sub, out)
+    from osf.errors import FolderNotEmptyError
+
+    try:
+        osf.save_subnet(sub, out, overwrite=overwrite)
+    except FolderNotEmptyError as e:
+        raise ValueError(str(e).replace("pass overwrite=True", "pass --overwrite")) from None
     if pre is not None and hasattr(pre, "save_pretrained"):
         pre.save_pretrained(str(out))
     from osf.search.card import write_card
