@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LATEST ?= .venv-latest
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1 TOKENIZERS_PARALLELISM=false
-PYTEST := TRITON_INTERPRET=1 -m pytest -q tests
+TEST_ENV := $(OFFLINE) TRITON_INTERPRET=1
 
 .PHONY: demo test install bench clean test-latest lock
 
@@ -22,7 +22,7 @@ demo: install
 	$(OFFLINE) $(VENV)/bin/osf demo
 
 test: install
-	$(OFFLINE) $(PY) $(PYTEST)
+	$(TEST_ENV) $(PY) -m pytest -q tests
 
 # A fresh venv each time, so nothing locked lingers.
 test-latest:
@@ -33,7 +33,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install -q --upgrade -c $(LATEST)/torch-pin.txt -e ".[dev,triton]"
 	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/freeze.txt
 	$(LATEST)/bin/python -c "import transformers, optuna, lm_eval, torch; print('test-latest:', 'torch', torch.__version__, 'transformers', transformers.__version__, 'optuna', optuna.__version__, 'lm-eval', lm_eval.__version__)"
-	$(OFFLINE) $(LATEST)/bin/python $(PYTEST)
+	$(TEST_ENV) $(LATEST)/bin/python -m pytest -q tests
 
 # Keeps the header comments and torch's pin; every other line comes from the test-latest venv.
 lock: $(LATEST)/freeze.txt
