@@ -75,8 +75,10 @@ def test_training_lowers_loss_and_is_cached(tmp_path, monkeypatch):
     assert trained < fresh - 0.1  # held-out loss went down (same init, 12 steps)
     again, _, info2 = demo.load_or_train(seconds=600, max_steps=12, show_progress=False, **overrides)
     assert info2["cached"] and info2["steps"] == 12
-    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
-        assert torch.equal(a, b)
+    a_sd, b_sd = model.state_dict(), again.state_dict()
+    assert list(b_sd) == list(a_sd)  # the same names, not only equal values
+    for k in a_sd:
+        assert torch.equal(a_sd[k], b_sd[k]), k
     assert not list(tmp_path.glob(".model-*.tmp"))
 
 

@@ -26,9 +26,14 @@ def reference_lm_eval(model, tokenizer, task_dir, task, limit=None):
     return out["results"][task]
 
 
-def test_lmeval_equals_separate_simple_evaluate(tiny_lm, tokenizer, lastword_task):
-    task_dir, task = lastword_task
+def test_lmeval_equals_separate_simple_evaluate():
+    import osf
+    from score_fixtures import trained_sentence_lm
+
+    tiny_lm, tokenizer, task_dir = trained_sentence_lm()  # trained: far above chance, so equality means something
+    task = "osf_lastword"
     ref = reference_lm_eval(tiny_lm, tokenizer, task_dir, task)
+    assert ref["acc,none"] >= 0.75 and ref["perplexity,none"] < 3  # chance: ~1/vocabulary, ppl ~ vocabulary
     acc = LMEval(task, tokenizer, include_path=task_dir, batch_size=4)
     assert acc.name.startswith("lm-eval:")
     assert acc(tiny_lm) == ref["acc,none"]  # default metric: lambada-style acc
@@ -38,6 +43,13 @@ def test_lmeval_equals_separate_simple_evaluate(tiny_lm, tokenizer, lastword_tas
     lm = ppl.lm(tiny_lm)
     before = ppl(tiny_lm)
     assert ppl.lm(tiny_lm) is lm and before == -ref["perplexity,none"]
+    # a worse model (the smallest subnet) scores lower, and again as simple_evaluate scores it
+    sn = osf.supernet(copy.deepcopy(tiny_lm))
+    small = sn.extract(sn.space.smallest())
+    small_ref = reference_lm_eval(small, tokenizer, task_dir, task)
+    assert small_ref["acc,none"] < ref["acc,none"] and small_ref["perplexity,none"] > 1.5 * ref["perplexity,none"]
+    assert acc(small) == small_ref["acc,none"]
+    assert ppl(small) == -small_ref["perplexity,none"]
 
 
 def test_lmeval_sees_in_place_changes_of_the_live_model(tiny_lm, tokenizer, lastword_task):
@@ -141,6 +153,35 @@ def test_cifar_accuracy_equals_manual(tmp_path, kind):
     assert ev(AlwaysZero()) == pytest.approx(float((y == 0).mean()))
     train = ImageAccuracy(f"{kind}:{tmp_path / kind}", split="train")
     assert len(train.labels) == len(truth["train"][1])
+
+
+def test_cifar_accuracy_of_a_trained_vit_equals_manual():
+    """A model far above chance (random data and constant models score near chance, where
+    a wrong accuracy can still look right)."""
+    from score_fixtures import N_CLASSES, trained_tiny_vit
+    import osf
+
+    model, root = trained_tiny_vit()
+    with open(root / "test_batch", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    x = torch.from_numpy(raw[b"data"].reshape(-1, 3, 32, 32)).float() / 255
+    y = torch.tensor(raw[b"labels"])
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    ev = ImageAccuracy(f"cifar10:{root}", mean=mean, std=std, batch_size=7)
+    assert len(ev.labels) == len(y)
+
+    def manual(m):
+        xf = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        with torch.no_grad():
+            return float((m(pixel_values=xf).logits.argmax(-1) == y).float().mean())
+
+    full = manual(model)
+    assert full >= 1 / N_CLASSES + 0.3  # well above chance
+    assert ev(model) == pytest.approx(full)
+    sn = osf.supernet(copy.deepcopy(model))
+    small = sn.extract(sn.space.smallest())
+    assert manual(small) < full - 0.2  # a different model scores differently
+    assert ev(small) == pytest.approx(manual(small))
 
 
 def test_cifar_resize_to_model_image_size(tmp_path):
