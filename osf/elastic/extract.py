@@ -10,7 +10,7 @@ from torch import nn
 
 from osf.elastic.importance import eval_mode
 from osf.elastic.verify import relative_error, tolerance
-from osf.ir.apply import get_tensor, remove_layers
+from osf.ir.apply import get_tensor, remove_layers, renumber
 from osf.space import Config
 
 if TYPE_CHECKING:
@@ -35,11 +35,11 @@ def extract(sn: "Supernet", cfg: Config, verify: bool = True) -> nn.Module:
         memo: dict[int, Any] = {}
         for name in sn.ir.tensor_axes:
             t = sn.current(name)
-            full = sn._full[name]
+            full = sn.full(name)
             clone = t.detach().clone().contiguous()
             memo[id(t)] = nn.Parameter(clone, requires_grad=full.requires_grad) if isinstance(
                 full, nn.Parameter) else clone
-        for skip in sn._skips.values():
+        for skip in sn.skip_blocks:
             memo[id(skip)] = skip  # removed below
         sub = copy.deepcopy(sn.model, memo)
     dropped = [b.name for b in sn.ir.blocks if not cfg.get(b.name, True)]
@@ -94,9 +94,9 @@ def _save_pretrained_with_meta(self: nn.Module, save_directory, *args, **kwargs)
 def _changed_shapes(sn: "Supernet", cfg: Config) -> dict[str, list[int]]:
     sizes = {d: cfg[d] for d in sn.space.dims}
     out = {}
-    for name in sn._tensor_dims:
+    for name in sn.sliced_tensors:
         shape = list(sn.ir.new_shape(name, sizes))
-        if shape != list(sn._full[name].shape):
+        if shape != list(sn.full(name).shape):
             out[name] = shape
     return out
 
@@ -132,16 +132,4 @@ def _check_all_from_supernet(sub: nn.Module, sn: "Supernet", cfg: Config, droppe
 
 
 def _get_renumbered(sub: nn.Module, sn: "Supernet", name: str, dropped: list[str]) -> torch.Tensor:
-    return get_tensor(sub, renumber(sn, name, dropped))
-
-
-def renumber(sn: "Supernet", name: str, dropped: list[str]) -> str:
-    """Where ``name`` (a module or tensor path of the full model) sits once ``dropped`` are gone."""
-    for stack, blocks in sn.ir.stacks.items():
-        prefix = f"{stack}." if stack else ""
-        if name.startswith(prefix):
-            idx, _, tail = name[len(prefix):].partition(".")
-            if idx.isdigit():
-                removed = sum(1 for b in blocks if b.name in dropped and b.index < int(idx))
-                return f"{prefix}{int(idx) - removed}" + (f".{tail}" if tail else "")
-    return name
+    return get_tensor(sub, renumber(sn.ir, name, dropped))

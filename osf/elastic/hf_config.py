@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import torch
 from torch import nn
 
+from osf.ir.apply import renumber
 from osf.space import Config
 
 if TYPE_CHECKING:
@@ -39,14 +40,12 @@ def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[
     analysis could not bind may still differ)."""
     config = sub.config
     _update_depth(sub, sn, config, dropped)
-    from osf.elastic.extract import renumber
-
     target = {k: tuple(v.shape) for k, v in sub.state_dict().items()}
     in_dropped = lambda path: any(path == d or path.startswith(d + ".") for d in dropped)  # noqa: E731
     recorded = []  # (module path in sub, attribute): sizes the forward pass reads, elastic or not
     for a in sn.ir.read_attrs or sn.ir.attrs:
         if not in_dropped(a.module):
-            path = renumber(sn, a.module, dropped)
+            path = renumber(sn.ir, a.module, dropped)
             owner = sub.get_submodule(path) if path else sub
             if isinstance(getattr(owner, a.attr, None), int):
                 recorded.append((path, a.attr, getattr(owner, a.attr)))

@@ -20,7 +20,7 @@ from osf.elastic.extract import META_ATTR
 from osf.elastic.validate import (check_config_matches_weights, check_subnet_folder, prepare_save_folder, read_meta,
                                   read_safetensors)
 from osf.errors import InputTypeError
-from osf.ir.apply import remove_layers, set_tensor, sync_module_attributes
+from osf.ir.apply import is_non_persistent, remove_layers, set_tensor, sync_module_attributes, tied_names
 
 META_FILE = "osf_subnet.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -106,8 +106,8 @@ def load_subnet(path: str | Path, model: nn.Module | None = None) -> nn.Module:
             raise ValueError(f"{path}: tensor {k!r} has shape {tuple(v.shape)}, the subnet description says "
                              f"{tuple(expected[k].shape)}")
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    tied = _tied_names(model)
-    missing = [k for k in missing if k not in tied and not _is_non_persistent(model, k)]
+    tied = tied_names(model)
+    missing = [k for k in missing if k not in tied and not is_non_persistent(model, k)]
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not match the subnet: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
@@ -157,21 +157,3 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     for f in files:
         state.update(read_safetensors(f))
     return state
-
-
-def _tied_names(model: nn.Module) -> set[str]:
-    seen: dict[int, str] = {}
-    tied = set()
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            tied.add(name)
-        seen.setdefault(id(p), name)
-    keys = getattr(model, "_tied_weights_keys", None) or {}
-    tied.update(keys if isinstance(keys, (list, set, tuple)) else keys.keys())
-    return tied
-
-
-def _is_non_persistent(model: nn.Module, key: str) -> bool:
-    owner, _, leaf = key.rpartition(".")
-    mod = model.get_submodule(owner) if owner else model
-    return leaf in getattr(mod, "_non_persistent_buffers_set", set())

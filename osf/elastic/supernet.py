@@ -22,8 +22,9 @@ from torch import nn
 from osf.elastic import verify as verify_module
 from osf.elastic.importance import (IMPORTANCE_METHODS, activation_importance, block_importance, eval_mode,
                                     magnitude_importance)
+from osf.errors import InputTypeError
 from osf.ir import IR, analyze
-from osf.ir.apply import SkipBlock, apply_attributes, get_tensor, permute_dims
+from osf.ir.apply import SkipBlock, apply_attributes, get_tensor, permute_dims, select_positions
 from osf.ir.inputs import default_inputs
 from osf.ir.ir import HEAD_DIM, HEADS, RANK, STATE
 from osf.space import Config, SearchSpace
@@ -167,7 +168,7 @@ class Supernet:
         for axis in range(full.dim()):
             pos = self.ir.positions(name, axis, sel) if sel else None
             if pos is not None:
-                view, copied = _narrow_or_gather(view, axis, pos)
+                view, copied = select_positions(view, axis, pos)
                 gathered |= copied
         if isinstance(full, nn.Parameter):
             # a Parameter over the shared storage, so HF utilities (tie_weights...) see parameters
@@ -190,6 +191,20 @@ class Supernet:
                 mod._parameters[leaf] = tensor
             else:
                 mod._buffers[leaf] = tensor
+
+    def full(self, name: str) -> torch.Tensor:
+        """The shared full-size tensor ``name`` (what every config slices)."""
+        return self._full[name]
+
+    @property
+    def sliced_tensors(self) -> list[str]:
+        """Names of the tensors some dim resizes."""
+        return list(self._tensor_dims)
+
+    @property
+    def skip_blocks(self) -> list[nn.Module]:
+        """The identity modules that stand in for dropped layers (made on first use)."""
+        return list(self._skips.values())
 
     def current(self, name: str) -> torch.Tensor:
         """The tensor ``name`` as the active config sees it (a slice of the shared one)."""
@@ -268,13 +283,6 @@ class Supernet:
         return f"Supernet({type(self.model).__name__}, {self.space!r})"
 
 
-def _narrow_or_gather(t: torch.Tensor, axis: int, pos: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    n = pos.numel()
-    if n and int(pos[0]) == 0 and int(pos[-1]) == n - 1:
-        return t.narrow(axis, 0, n), False  # a prefix is a plain view: no copy
-    return t.index_select(axis, pos.to(t.device)), True
-
-
 def _use_osf_kernels(model: nn.Module) -> None:
     from osf.kernels.mamba import PATCH_FLAG, is_mamba_mixer, patch_mamba
 
@@ -341,6 +349,9 @@ def supernet(model: nn.Module, example_inputs: Any = None, *, space: Any = None,
     """
     from osf.elastic.validate import check_supernet_args  # bad input: one clear line; train mode: a warning
 
+    if isinstance(model, Supernet):
+        raise InputTypeError("model is already an osf Supernet: use it as it is (sn.set_config, sn.extract, "
+                             "osf.search), or pass the original model to build another one")
     check_supernet_args(model, example_inputs, space, calibration, depth=depth, copy=copy, kernels=kernels,
                         verify=verify)
     if importance not in IMPORTANCE_METHODS:

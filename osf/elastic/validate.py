@@ -31,11 +31,6 @@ def check_supernet_args(model: Any, example_inputs: Any = None, space: Any = Non
             ``example_inputs`` / ``space`` / ``calibration`` / a flag has the wrong type.
         ValueError: the model's weights are on the meta device.
     """
-    from osf.elastic.supernet import Supernet
-
-    if isinstance(model, Supernet):
-        raise InputTypeError("model is already an osf Supernet: use it as it is (sn.set_config, sn.extract, "
-                             "osf.search), or pass the original model to build another one")
     if not isinstance(model, nn.Module):
         raise InputTypeError(f"model must be a torch.nn.Module (a Hugging Face model or your own), "
                              f"got {type(model).__name__}")
@@ -232,9 +227,9 @@ def _build(model: nn.Module, config: Any) -> nn.Module | None:
 
 
 def _optional_names(model: nn.Module) -> set[str]:
-    from osf.elastic.io import _is_non_persistent, _tied_names
+    from osf.ir.apply import is_non_persistent, tied_names
 
-    return _tied_names(model) | {k for k in model.state_dict() if _is_non_persistent(model, k)}
+    return tied_names(model) | {k for k in model.state_dict() if is_non_persistent(model, k)}
 
 
 def _size_fields(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Iterable, Mapping
+from typing import Collection, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -70,18 +70,23 @@ def slice_tensors(ir: IR, sizes: Mapping[str, int], model: nn.Module) -> dict[st
         for axis in range(len(vars_)):
             pos = ir.positions(name, axis, selection)
             if pos is not None:
-                new = _select(new, axis, pos)
+                new, _ = select_positions(new, axis, pos)
         if new is not t:
             out[name] = new
     return out
 
 
-def _select(t: torch.Tensor, axis: int, pos: torch.Tensor) -> torch.Tensor:
-    """Prefix ranges become views (``narrow``); anything else is gathered."""
+def select_positions(t: torch.Tensor, axis: int, pos: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``t`` keeping ``pos`` along ``axis``, and whether that took a copy.
+
+    The one slicing rule of OSF (the live supernet and every model built from an IR use it):
+    a contiguous prefix is a view (``narrow``, shared storage); anything else (both halves of
+    a fused projection, heads x a shorter head_dim) is gathered.
+    """
     n = pos.numel()
     if n and int(pos[0]) == 0 and int(pos[-1]) == n - 1 and (n == 1 or bool((pos[1:] - pos[:-1] == 1).all())):
-        return t.narrow(axis, 0, n)
-    return t.index_select(axis, pos.to(t.device))
+        return t.narrow(axis, 0, n), False
+    return t.index_select(axis, pos.to(t.device)), True
 
 
 def apply_attributes(ir: IR, sizes: Mapping[str, int], model: nn.Module,
@@ -181,7 +186,39 @@ def remove_layers(model: nn.Module, stack: str, indices: set[int]) -> None:
                 mod.layer_idx = new_idx
 
 
+def renumber(ir: IR, name: str, dropped: Collection[str]) -> str:
+    """Where ``name`` (a module or tensor path of the full model) sits once ``dropped`` are gone."""
+    for stack, blocks in ir.stacks.items():
+        prefix = f"{stack}." if stack else ""
+        if name.startswith(prefix):
+            idx, _, tail = name[len(prefix):].partition(".")
+            if idx.isdigit():
+                removed = sum(1 for b in blocks if b.name in dropped and b.index < int(idx))
+                return f"{prefix}{int(idx) - removed}" + (f".{tail}" if tail else "")
+    return name
+
+
 def _check_dims(ir: IR, values: Mapping[str, object]) -> None:
     unknown = [d for d in values if d not in ir.dims]
     if unknown:
         raise ValueError(f"unknown dim(s) {unknown}; dims: {list(ir.dims)}")
+
+
+def tied_names(model: nn.Module) -> set[str]:
+    """Names under which a parameter appears a second time (tied weights), and the model's declared ties."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied.add(name)
+        seen.setdefault(id(p), name)
+    keys = getattr(model, "_tied_weights_keys", None) or {}
+    tied.update(keys if isinstance(keys, (list, set, tuple)) else keys.keys())
+    return tied
+
+
+def is_non_persistent(model: nn.Module, key: str) -> bool:
+    """Whether state-dict ``key`` names a buffer the model does not save."""
+    owner, _, leaf = key.rpartition(".")
+    mod = model.get_submodule(owner) if owner else model
+    return leaf in getattr(mod, "_non_persistent_buffers_set", set())

@@ -6,15 +6,15 @@ An op without a rule fixes every axis it touches: conservative, never wrong.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 import torch.fx as fx
 
-if TYPE_CHECKING:
-    from osf.ir.analyze import Context
+from osf.ir.context import Context
 
-OpRule = Callable[["Context", fx.Node], None]
+
+OpRule = Callable[[Context, fx.Node], None]
 OP_RULES: dict[str, OpRule] = {}
 
 
@@ -63,7 +63,7 @@ float_power positive rsqrt_ clip clip_ sinh cosh asinh acosh atanh asin acos ata
 
 
 @rule(*_ELEMENTWISE)
-def elementwise(ctx: "Context", node: fx.Node) -> None:
+def elementwise(ctx: Context, node: fx.Node) -> None:
     out = ctx.axes(node)
     if out is None:
         return
@@ -74,14 +74,14 @@ def elementwise(ctx: "Context", node: fx.Node) -> None:
 
 
 @rule("glu")
-def glu(ctx, node):
+def glu(ctx: Context, node: fx.Node) -> None:
     ctx.fix_node(node)
 
 
 # ------------------------------------------------------------------------ reductions
 @rule("sum", "mean", "amax", "amin", "std", "var", "norm", "prod", "logsumexp", "argmax", "argmin", "all", "any",
       "count_nonzero", "nansum", "nanmean", "max", "min", "median", "std_mean", "var_mean")
-def reduction(ctx, node):
+def reduction(ctx: Context, node: fx.Node) -> None:
     x = _arg(node, 0, "input")
     xa = ctx.axes(x)
     if xa is None:
@@ -110,7 +110,7 @@ def reduction(ctx, node):
 
 
 # --------------------------------------------------------------------- shape changes
-def _reshape(ctx, in_vars: list[int], in_shape: tuple, out_vars: list[int], out_shape: tuple, node=None) -> None:
+def couple_reshape(ctx: Context, in_vars: list[int], in_shape: tuple, out_vars: list[int], out_shape: tuple, node=None) -> None:
     """Align axes of a reshape by equal products and unify or structure them."""
     i = j = 0
     n_in, n_out = len(in_shape), len(out_shape)
@@ -164,19 +164,19 @@ def _reshape(ctx, in_vars: list[int], in_shape: tuple, out_vars: list[int], out_
 
 
 @rule("view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as", "ravel")
-def reshape(ctx, node):
+def reshape(ctx: Context, node: fx.Node) -> None:
     x = _args(node)[0]
     xa, out = ctx.axes(x), ctx.axes(node)
     if xa is None or out is None:
         return ctx.fix_node(node)
-    _reshape(ctx, xa, ctx.shape(x), out, ctx.shape(node), node)
+    couple_reshape(ctx, xa, ctx.shape(x), out, ctx.shape(node), node)
     ctx.bind_size_args(node, out, start=1)
 
 
 def _permutes(perm_of: Callable[[fx.Node, int], list[int]]) -> OpRule:
     """A rule for ops that reorder axes: output axis ``j`` is input axis ``perm_of(node, rank)[j]``."""
 
-    def apply(ctx: "Context", node: fx.Node) -> None:
+    def apply(ctx: Context, node: fx.Node) -> None:
         xa, out = ctx.axes(_args(node)[0]), ctx.axes(node)
         if xa is None or out is None:
             return
@@ -226,7 +226,7 @@ rule("movedim", "moveaxis")(_permutes(_movedim_perm))
 
 
 @rule("squeeze", "unsqueeze", "squeeze_", "unsqueeze_", "atleast_1d", "atleast_2d", "atleast_3d")
-def squeeze(ctx, node):
+def squeeze(ctx: Context, node: fx.Node) -> None:
     x = _args(node)[0]
     xa, out = ctx.axes(x), ctx.axes(node)
     if xa is None or out is None:
@@ -241,7 +241,7 @@ def squeeze(ctx, node):
 
 
 @rule("expand", "expand_as", "broadcast_to")
-def expand(ctx, node):
+def expand(ctx: Context, node: fx.Node) -> None:
     x = _args(node)[0]
     xa, out = ctx.axes(x), ctx.axes(node)
     if xa is None or out is None:
@@ -252,7 +252,7 @@ def expand(ctx, node):
 
 
 @rule("repeat", "tile")
-def repeat(ctx, node):
+def repeat(ctx: Context, node: fx.Node) -> None:
     x = _args(node)[0]
     xa, out = ctx.axes(x), ctx.axes(node)
     if xa is None or out is None:
@@ -272,12 +272,12 @@ def repeat(ctx, node):
 
 
 @rule("repeat_interleave")
-def repeat_interleave(ctx, node):
+def repeat_interleave(ctx: Context, node: fx.Node) -> None:
     ctx.fix_node(node)
 
 
 @rule("flip", "roll", "fliplr", "flipud", "rot90")
-def flip(ctx, node):
+def flip(ctx: Context, node: fx.Node) -> None:
     x = _args(node)[0]
     xa, out = ctx.axes(x), ctx.axes(node)
     if xa is None or out is None:
@@ -295,7 +295,7 @@ def flip(ctx, node):
 
 # ---------------------------------------------------------------- concat and split
 @rule("cat", "concat", "concatenate")
-def cat(ctx, node):
+def cat(ctx: Context, node: fx.Node) -> None:
     tensors = _arg(node, 0, "tensors")
     dim = int(_arg(node, 1, "dim", 0))
     out = ctx.axes(node)
@@ -317,7 +317,7 @@ def cat(ctx, node):
 
 
 @rule("stack")
-def stack(ctx, node):
+def stack(ctx: Context, node: fx.Node) -> None:
     tensors = _arg(node, 0, "tensors")
     out = ctx.axes(node)
     if out is None:
@@ -334,7 +334,7 @@ def stack(ctx, node):
 
 
 @rule("split", "split_with_sizes", "chunk", "tensor_split", "unbind", "unsafe_split", "hsplit", "vsplit")
-def split(ctx, node):
+def split(ctx: Context, node: fx.Node) -> None:
     x = _args(node)[0]
     xa = ctx.axes(x)
     outs = ctx.outputs(node)
@@ -371,7 +371,7 @@ def split(ctx, node):
 
 
 @rule("narrow")
-def narrow(ctx, node):
+def narrow(ctx: Context, node: fx.Node) -> None:
     x = _args(node)[0]
     xa, out = ctx.axes(x), ctx.axes(node)
     if xa is None or out is None:
@@ -385,7 +385,7 @@ def narrow(ctx, node):
 
 
 @rule("select")
-def select(ctx, node):
+def select(ctx: Context, node: fx.Node) -> None:
     x = _args(node)[0]
     xa, out = ctx.axes(x), ctx.axes(node)
     if xa is None or out is None:
@@ -399,7 +399,7 @@ def select(ctx, node):
 @rule("index_select", "gather", "take_along_dim", "scatter", "scatter_add", "index_add", "index_copy",
       "scatter_", "index_put", "index_put_", "masked_select", "masked_scatter", "take", "sort", "topk",
       "argsort", "kthvalue", "cummax", "cummin")
-def index_ops(ctx, node):
+def index_ops(ctx: Context, node: fx.Node) -> None:
     x = _args(node)[0]
     xa = ctx.axes(x)
     if xa is None:
@@ -427,7 +427,7 @@ def _index_items(idx: Any) -> list:
     return list(idx) if isinstance(idx, tuple) else [idx]
 
 
-def _indexed_axes(ctx, x: fx.Node, idx: Any, out: list[int] | None, out_shape: tuple | None):
+def _indexed_axes(ctx: Context, x: fx.Node, idx: Any, out: list[int] | None, out_shape: tuple | None):
     """Map the axes of ``x[idx]``: returns list of (input var or None, output position or None)."""
     xa = ctx.axes(x)
     shape = ctx.shape(x)
@@ -483,7 +483,7 @@ def _indexed_axes(ctx, x: fx.Node, idx: Any, out: list[int] | None, out_shape: t
 
 
 @rule("__getitem__")
-def getitem(ctx, node):
+def getitem(ctx: Context, node: fx.Node) -> None:
     x, idx = _args(node)[0], _args(node)[1]
     xa, out = ctx.axes(x), ctx.axes(node)
     if xa is None:
@@ -507,7 +507,7 @@ def getitem(ctx, node):
 
 
 @rule("__setitem__")
-def setitem(ctx, node):
+def setitem(ctx: Context, node: fx.Node) -> None:
     x, idx, value = _args(node)[0], _args(node)[1], _args(node)[2]
     xa = ctx.axes(x)
     if xa is None:
@@ -536,7 +536,7 @@ def setitem(ctx, node):
 
 # ---------------------------------------------------------------- linear algebra
 @rule("matmul", "__matmul__", "bmm", "mm", "__rmatmul__")
-def matmul(ctx, node):
+def matmul(ctx: Context, node: fx.Node) -> None:
     a, b = _args(node)[0], _args(node)[1]
     if node.meta["op"] == "__rmatmul__":
         a, b = b, a
@@ -565,7 +565,7 @@ def matmul(ctx, node):
 
 
 @rule("baddbmm", "addmm", "addbmm", "addmv")
-def addmm(ctx, node):
+def addmm(ctx: Context, node: fx.Node) -> None:
     bias, a, b = _args(node)[0], _args(node)[1], _args(node)[2]
     aa, ba, out = ctx.axes(a), ctx.axes(b), ctx.axes(node)
     if aa is None or ba is None or out is None:
@@ -582,7 +582,7 @@ def addmm(ctx, node):
 
 
 @rule("einsum")
-def einsum(ctx, node):
+def einsum(ctx: Context, node: fx.Node) -> None:
     eq = _args(node)[0]
     operands = _args(node)[1:]
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
@@ -609,7 +609,7 @@ def einsum(ctx, node):
 
 
 @rule("linear")
-def linear(ctx, node):
+def linear(ctx: Context, node: fx.Node) -> None:
     x, w = _args(node)[0], _arg(node, 1, "weight")
     b = _arg(node, 2, "bias")
     xa, wa, out = ctx.axes(x), ctx.axes(w), ctx.axes(node)
@@ -619,7 +619,7 @@ def linear(ctx, node):
 
 
 @rule("outer", "ger")
-def outer(ctx, node):
+def outer(ctx: Context, node: fx.Node) -> None:
     a, b = _args(node)[0], _args(node)[1]
     aa, ba, out = ctx.axes(a), ctx.axes(b), ctx.axes(node)
     if aa and ba and out:
@@ -629,7 +629,7 @@ def outer(ctx, node):
 
 # ------------------------------------------------------------------- nn functional
 @rule("layer_norm", "rms_norm")
-def layer_norm(ctx, node):
+def layer_norm(ctx: Context, node: fx.Node) -> None:
     x = _args(node)[0]
     xa, out = ctx.axes(x), ctx.axes(node)
     if xa is None or out is None:
@@ -648,7 +648,7 @@ def layer_norm(ctx, node):
 
 
 @rule("group_norm")
-def group_norm(ctx, node):
+def group_norm(ctx: Context, node: fx.Node) -> None:
     x = _args(node)[0]
     xa, out = ctx.axes(x), ctx.axes(node)
     if xa is None or out is None:
@@ -664,7 +664,7 @@ def group_norm(ctx, node):
 
 
 @rule("batch_norm", "instance_norm")
-def batch_norm(ctx, node):
+def batch_norm(ctx: Context, node: fx.Node) -> None:
     x = _args(node)[0]
     xa, out = ctx.axes(x), ctx.axes(node)
     if xa is None or out is None:
@@ -678,7 +678,7 @@ def batch_norm(ctx, node):
 
 
 @rule("embedding")
-def embedding(ctx, node):
+def embedding(ctx: Context, node: fx.Node) -> None:
     ids, w = _args(node)[0], _args(node)[1]
     ia, wa, out = ctx.axes(ids), ctx.axes(w), ctx.axes(node)
     if wa is None or out is None:
@@ -691,7 +691,7 @@ GQA_GROUP_ATTRIBUTES = ("num_key_value_groups", "num_kv_groups", "n_rep", "num_q
 
 
 @rule("scaled_dot_product_attention")
-def sdpa(ctx, node):
+def sdpa(ctx: Context, node: fx.Node) -> None:
     q, k, v = _args(node)[0], _args(node)[1], _args(node)[2]
     qa, ka, va, out = ctx.axes(q), ctx.axes(k), ctx.axes(v), ctx.axes(node)
     if None in (qa, ka, va, out):
@@ -735,7 +735,7 @@ def sdpa(ctx, node):
 @rule("interpolate", "pad", "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
       "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool2d",
       "max_pool2d_with_indices", "upsample", "pixel_shuffle", "unfold", "fold")
-def spatial(ctx, node):
+def spatial(ctx: Context, node: fx.Node) -> None:
     """Pooling and resizing: batch and channel axes pass through; spatial axes are fixed."""
     x = _args(node)[0]
     xa = ctx.axes(x)
@@ -766,7 +766,7 @@ def spatial(ctx, node):
 
 
 @rule("conv1d", "conv2d", "conv3d")
-def conv(ctx, node):
+def conv(ctx: Context, node: fx.Node) -> None:
     x, w = _args(node)[0], _arg(node, 1, "weight")
     b = _arg(node, 2, "bias")
     groups = int(_arg(node, 6, "groups", 1))
@@ -780,7 +780,7 @@ def conv(ctx, node):
 @rule("arange", "zeros", "ones", "full", "empty", "randn", "rand", "randint", "tensor", "as_tensor", "eye",
       "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "linspace", "logspace", "zeros_",
       "ones_", "randperm", "empty_strided", "scalar_tensor")
-def factory(ctx, node):
+def factory(ctx: Context, node: fx.Node) -> None:
     """Fresh tensors: an axis whose size came from a module attribute follows that attribute;
     one from another tensor's size follows that axis; any other is fixed."""
     out = ctx.axes(node)
@@ -794,7 +794,7 @@ def factory(ctx, node):
 
 # --------------------------------------------------------------------- no tensors
 @rule("size", "getattr:shape", "getattr:dtype", "getattr:device", "numel", "dim", "getattr:data")
-def no_op(ctx, node):
+def no_op(ctx: Context, node: fx.Node) -> None:
     if node.meta["op"] == "getattr:data":
         xa, out = ctx.axes(_args(node)[0]), ctx.axes(node)
         if xa and out:
@@ -803,7 +803,7 @@ def no_op(ctx, node):
 
 
 @rule("getitem")
-def getitem_of_tuple(ctx, node):
+def getitem_of_tuple(ctx: Context, node: fx.Node) -> None:
     src, i = _args(node)
     out = ctx.axes(node)
     if out is None or not isinstance(src, fx.Node):

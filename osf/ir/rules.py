@@ -11,13 +11,12 @@ Register a rule for a new kind of module with :func:`register`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch.fx as fx
 from torch import nn
 
-if TYPE_CHECKING:
-    from osf.ir.analyze import Context
+from osf.ir.context import Context
 
 
 @dataclass
@@ -26,7 +25,7 @@ class ModuleRule:
 
     name: str
     matches: Callable[[nn.Module], bool]
-    apply: Callable[["Context", fx.Node, nn.Module, str], None]
+    apply: Callable[[Context, fx.Node, nn.Module, str], None]
 
 
 _RULES: list[ModuleRule] = []
@@ -65,7 +64,7 @@ def _is_mamba_mixer(m: nn.Module) -> bool:
             and s["dt_proj.weight"][0] == e and s["D"] == (e,) and s["out_proj.weight"][1] == e)
 
 
-def _apply_mamba(ctx: "Context", node: fx.Node, m: nn.Module, path: str) -> None:
+def _apply_mamba(ctx: Context, node: fx.Node, m: nn.Module, path: str) -> None:
     p = lambda name: ctx.param_axes(f"{path}.{name}")  # noqa: E731
     e_size, n_size = m.A_log.shape
     r_size = m.dt_proj.weight.shape[1]
@@ -120,7 +119,7 @@ def _is_mamba2_mixer(m: nn.Module) -> bool:
             and s["in_proj.weight"][0] == e + conv + h and s["out_proj.weight"][1] == e)
 
 
-def _apply_mamba2(ctx: "Context", node: fx.Node, m: nn.Module, path: str) -> None:
+def _apply_mamba2(ctx: Context, node: fx.Node, m: nn.Module, path: str) -> None:
     p = lambda name: ctx.param_axes(f"{path}.{name}")  # noqa: E731
     h_size = m.A_log.shape[0]
     e_size = m.norm.weight.shape[0]

@@ -10,7 +10,8 @@ from osf.search.lmeval import LMEval
 from osf.search.perplexity import Perplexity
 from osf.search.protocol import CallableEvaluator, Evaluator, SupernetLike, as_evaluator
 from osf.search.result import SearchResult
-from osf.search.study import config_key, search
+from osf.search.study import search
+from osf.space import config_key
 from osf.search.tasks import make_lastword_task
 
 __all__ = [

@@ -51,7 +51,7 @@ def search_cmd(
     """Search MODEL's supernet for the best subnets on TASK."""
     from osf.search.objectives import check_constraints, check_objectives
     from osf.search.samplers import SAMPLERS
-    from osf.search.study import _check_run_dir
+    from osf.search.study import check_run_dir
 
     # every option is checked before anything is loaded or written
     objs = check_objectives(objectives)
@@ -70,7 +70,7 @@ def search_cmd(
     if num_fewshot is not None and (task in _run.BUILTIN_TASKS):
         raise ValueError(f"--num-fewshot applies to lm-eval tasks only, not to --task {task}")
     _check_device(device)
-    run_dir = _check_run_dir(out, "--out")
+    run_dir = check_run_dir(out, "--out")
     if storage is not None:
         _check_storage(storage, run_dir)
     check_task_inputs(task, data, include_path)
@@ -226,9 +226,9 @@ def extract_cmd(
     if max_params is not None and not max_params > 0:
         raise ValueError(f"--max-params must be a positive number (<= 1: fraction of the original), got {max_params}")
     spec = read_run(run_dir)
-    from osf.search.study import _check_run_dir
+    from osf.search.study import check_run_dir
 
-    _check_run_dir(out, "--out")
+    check_run_dir(out, "--out")
     import optuna
 
     import osf

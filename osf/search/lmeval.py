@@ -47,7 +47,7 @@ def _offline() -> bool:
 
 
 @functools.lru_cache(maxsize=8)
-def _task_manager(paths: tuple[str, ...] | None) -> Any:
+def task_manager(paths: tuple[str, ...] | None) -> Any:
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=list(paths) if paths else None)  # indexing all tasks takes seconds: reuse
@@ -63,7 +63,7 @@ def check_tasks(names: Sequence[str], include_path: str | Path | Sequence[str | 
         for p in paths:
             if not Path(p).is_dir():
                 raise FileNotFoundError(f"--include-path {p!r} is not a folder of task YAML files")
-    tm = _task_manager(tuple(paths) if paths else None)
+    tm = task_manager(tuple(paths) if paths else None)
     known = tm.all_tasks
     for t in names:
         if t not in known:

@@ -184,7 +184,7 @@ class SearchResult:
         return text + ("\n(no feasible trials)" if front.empty else "")
 
     def _subnet_key(self, config: Any) -> Any:
-        from osf.search.study import canonical, config_key
+        from osf.space import canonical, config_key
 
         try:
             return config_key(canonical(self.space, json.loads(config)))
@@ -193,7 +193,7 @@ class SearchResult:
 
     def _largest_trial(self) -> Any:
         """Number of a trial of the full model (``-`` if none)."""
-        from osf.search.study import config_key
+        from osf.space import config_key
 
         key = config_key(self.space.largest())
         df = self.trials

@@ -76,7 +76,7 @@ def check_task_inputs(task: str, data: str | Path | None, include_path: str | Pa
 def _check_lm_tasks(names: list[str], include_path: str | Path | None) -> None:
     import difflib
 
-    from osf.search.lmeval import _task_manager
+    from osf.search.lmeval import task_manager
 
     if include_path is not None:
         if not Path(include_path).exists():
@@ -84,7 +84,7 @@ def _check_lm_tasks(names: list[str], include_path: str | Path | None) -> None:
         if not Path(include_path).is_dir():
             raise NotADirectoryError(f"--include-path {str(include_path)!r} is a file; give the folder holding the "
                                      "task YAML files")
-    known = _task_manager((str(include_path),) if include_path is not None else None).all_tasks
+    known = task_manager((str(include_path),) if include_path is not None else None).all_tasks
     for t in names:
         if t not in known:
             close = difflib.get_close_matches(t, [*BUILTIN_TASKS, *known], n=5, cutoff=0.6)

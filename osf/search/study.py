@@ -17,7 +17,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from osf.space import Config, SearchSpace
+from osf.space import Config, SearchSpace, canonical, config_key
 from osf.search.objectives import (
     DIRECTIONS, UNITS, CostMeter, check_constraints, check_objectives, evaluate_score, resolve_limit,
 )
@@ -29,17 +29,6 @@ from osf.search.storage import Heartbeat, default_study_name, fail_stale_trials,
 METRICS = ("score", "params", "macs", "latency")
 
 
-def config_key(cfg: Config) -> str:
-    """Canonical JSON of a config: the cache key and what the trials table shows."""
-    return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
-
-
-def canonical(space: SearchSpace, cfg: Config) -> Config:
-    """``cfg`` written the one way its subnet is written (see ``SearchSpace.canonical``)."""
-    fn = getattr(space, "canonical", None)
-    return fn(cfg) if callable(fn) else cfg
-
-
 def _space_params(space: SearchSpace, which: str) -> dict[str, int]:
     """Sampler parameters of the largest or smallest config."""
     out = {}
@@ -48,7 +37,7 @@ def _space_params(space: SearchSpace, which: str) -> dict[str, int]:
     return out
 
 
-def _check_run_dir(run_dir: str | Path, option: str = "run_dir") -> Path:
+def check_run_dir(run_dir: str | Path, option: str = "run_dir") -> Path:
     if not isinstance(run_dir, (str, Path)):
         raise TypeError(f"{option} must be a folder path (str or Path), got {type(run_dir).__name__}")
     run_dir = Path(run_dir)
@@ -118,7 +107,7 @@ def search(
         raise TypeError(f"seed must be an integer or None, got {seed!r}")
     _check_supernet(sn)
     if run_dir is not None:
-        run_dir = _check_run_dir(run_dir)
+        run_dir = check_run_dir(run_dir)
     space: SearchSpace = sn.space
     costs = tuple(dict.fromkeys(["params", *[o for o in objectives if o != "score"], *budgets]))
     meter = CostMeter(sn, evaluator, example_inputs)
