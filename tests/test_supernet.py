@@ -125,6 +125,10 @@ def test_macs_match_flop_counter_on_extracted_model(name):
 def test_save_load_round_trip_is_exact_for_per_layer_configs(name, tmp_path):
     sn, args, kwargs, _ = built(name)
     cfg = sn.space.sample(11)
+    per_kind: dict[str, set] = {}
+    for d in sn.space.dims:
+        per_kind.setdefault(d.rpartition(":")[2], set()).add(cfg[d])
+    assert any(len(sizes) > 1 for sizes in per_kind.values()), "the config should differ from layer to layer"
     sub = sn.extract(cfg)
     osf.save_subnet(sub, tmp_path / "a")
     sub.save_pretrained(tmp_path / "b")  # the plain HF way keeps per-layer sizes too
@@ -181,7 +185,7 @@ def test_per_layer_subnet_refuses_plain_loading(tmp_path):
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
-def test_extracted_mamba_generates_the_same_tokens_as_the_supernet():
+def test_extracted_mamba_generates_the_same_tokens_and_step_logits_as_the_supernet():
     sn, *_ = built("tiny-mamba")
     cfg = _uniform(sn, pick=3)
     cfg["backbone.layers.2.mixer:d_state"] = sn.space.dims["backbone.layers.2.mixer:d_state"][1]
@@ -239,7 +243,7 @@ def test_building_is_in_place_and_copy_keeps_the_original():
     assert sn2.model is not model2 and checksum(model2.parameters()) == saved
 
 
-def test_activation_importance_and_space_overrides(tmp_path):
+def test_activation_importance_keeps_the_model_and_space_overrides_apply(tmp_path):
     model, ex = build("tiny-mamba")
     g = torch.Generator().manual_seed(1)
     calib = [{"input_ids": torch.randint(3, 250, (2, 12), generator=g)} for _ in range(2)]
