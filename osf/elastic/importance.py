@@ -1,13 +1,13 @@
 """Channel and block importance, used to reorder a supernet so every subnet is a prefix."""
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from osf.ir import IR
+from osf.modes import eval_mode  # noqa: F401  (re-exported: osf.elastic uses it from here)
 from osf.ir.apply import get_tensor
 from osf.ir.trace import normalize_inputs
 
@@ -121,15 +121,3 @@ def block_importance(ir: IR, batches: Iterable[Any], model: nn.Module | None = N
         for h in handles:
             h.remove()
     return {k: scores[k] / counts[k] if counts[k] else 0.0 for k in scores}
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Run a block with ``model`` in eval mode, then give every submodule its own mode back."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, was in modes:
-            m.training = was

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from osf.modes import eval_mode
 from osf.search.imagedata import load_image_dataset
 from osf.search.objectives import check_count, model_device
 
@@ -67,10 +68,9 @@ class ImageAccuracy:
     @torch.no_grad()
     def predictions(self, model: nn.Module) -> torch.Tensor:
         """Predicted class per image."""
-        device, size, was_training = model_device(model), self._size_for(model), model.training
-        model.eval()
+        device, size = model_device(model), self._size_for(model)
         preds = []
-        try:
+        with eval_mode(model):
             for i in range(0, len(self.labels), self.batch_size):
                 x = self.preprocess(self.images[i: i + self.batch_size], size).to(device)
                 out = model(x)
@@ -78,8 +78,6 @@ class ImageAccuracy:
                 if i == 0:
                     self._check_logits(logits)
                 preds.append(logits.argmax(-1).cpu())
-        finally:
-            model.train(was_training)
         return torch.cat(preds)
 
     def _check_logits(self, logits: Any) -> None:
@@ -112,16 +110,12 @@ class ImageAccuracy:
     @torch.no_grad()
     def predictions_of(self, model: nn.Module, n: int) -> torch.Tensor:
         """Predicted classes of the first ``n`` images (checks the logits against the labels)."""
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             x = self.preprocess(self.images[:n], self._size_for(model)).to(model_device(model))
             out = model(x)
             logits = out.logits if hasattr(out, "logits") else out
             self._check_logits(logits)
             return logits.argmax(-1).cpu()
-        finally:
-            model.train(was_training)
 
     def __call__(self, model: nn.Module) -> float:
         return float((self.predictions(model) == self.labels).float().mean())

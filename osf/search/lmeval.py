@@ -9,6 +9,8 @@ from typing import Any, Sequence
 
 import torch.nn as nn
 
+from osf.modes import eval_mode
+
 
 
 def _suggest(name: str, known: Sequence[str]) -> str:
@@ -164,20 +166,18 @@ class LMEval:
 
         import lm_eval.evaluator as lm_evaluator
 
-        was_training = model.training
-        model.eval()
         env_info = lm_evaluator.add_env_info
         # collecting the environment report runs ~10 subprocesses (0.3 s) per call; the
         # score does not use it, and a search calls this once per trial
         lm_evaluator.add_env_info = lambda results: None
         try:
-            return simple_evaluate(
-                model=self.lm(model), tasks=self.tasks(), num_fewshot=self.num_fewshot, limit=self.limit,
-                task_manager=self.task_manager, bootstrap_iters=0, log_samples=False,
-            )
+            with eval_mode(model):
+                return simple_evaluate(
+                    model=self.lm(model), tasks=self.tasks(), num_fewshot=self.num_fewshot, limit=self.limit,
+                    task_manager=self.task_manager, bootstrap_iters=0, log_samples=False,
+                )
         finally:
             lm_evaluator.add_env_info = env_info
-            model.train(was_training)
 
     def score(self, results: dict[str, Any]) -> float:
         """The score (see class doc) from a ``simple_evaluate`` results dict."""

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from osf.modes import eval_mode
 from osf.space import Config
 from osf.search.protocol import Evaluator, SupernetLike
 
@@ -112,10 +113,8 @@ def measure_latency_ms(model: torch.nn.Module, inputs: Any, warmup: int = 2, rep
     device = model_device(model)
     inputs = _to_device(inputs, device)
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    was_training = model.training
-    model.eval()
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(), eval_mode(model):
         for i in range(warmup + repeats):
             sync()
             t0 = time.perf_counter()
@@ -123,7 +122,6 @@ def measure_latency_ms(model: torch.nn.Module, inputs: Any, warmup: int = 2, rep
             sync()
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
-    model.train(was_training)
     return float(statistics.median(times))
 
 

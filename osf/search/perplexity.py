@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from osf.modes import eval_mode
 from osf.search.objectives import check_count, check_vocab, model_device
 
 
@@ -47,10 +48,9 @@ class Perplexity:
     def nll(self, model: nn.Module) -> float:
         """Mean next-token negative log-likelihood (nats)."""
         check_vocab(self.tokenizer, model, int(self.blocks.max()))
-        device, was_training = model_device(model), model.training
-        model.eval()
+        device = model_device(model)
         total, count = 0.0, 0
-        try:
+        with eval_mode(model):
             for i, start in enumerate(range(0, len(self.blocks), self.batch_size)):
                 if self.max_batches is not None and i >= self.max_batches:
                     break
@@ -59,8 +59,6 @@ class Perplexity:
                 logits = out.logits if hasattr(out, "logits") else out
                 total += float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum"))
                 count += batch[:, 1:].numel()
-        finally:
-            model.train(was_training)
         return total / count
 
     def __call__(self, model: nn.Module) -> float:
