@@ -80,6 +80,33 @@ def test_smallest_subnet_keeps_exactly_the_most_important_channels_in_order():
         sn.set_config(sn.space.largest())
 
 
+def test_activation_importance_keeps_the_channels_that_are_active_on_the_calibration_data():
+    """All hidden channels of the first layer have equal weight norms, so magnitude cannot tell
+    them apart; on the calibration data only the channels with a positive bias are active
+    (ReLU passes them), so activation importance must keep exactly those."""
+    model = MLP().eval()
+    active = [9, 12, 15, 20, 24, 27, 29, 31]  # not a prefix: the identity order would not keep them
+    with torch.no_grad():
+        model.net[0].weight.copy_(0.1 * _signs(32, 12, seed=0))
+        model.net[0].bias.fill_(-1.0)
+        model.net[0].bias[active] = 1.0
+        model.net[2].weight.copy_(0.1 * _signs(24, 32, seed=1))
+    W0 = model.net[0].weight.detach().clone()
+    g = torch.Generator().manual_seed(0)
+    calibration = [torch.randn(16, 12, generator=g) for _ in range(2)]
+    x = torch.randn(4, 12, generator=g)
+    sn = osf.supernet(model, x, importance="activation", calibration=calibration)
+    k = min(sn.space.dims["net.0:hidden"])
+    assert k == len(active)
+    sn.set_config({**sn.space.largest(), "net.0:hidden": k})
+    try:
+        kept = sn.current("net.0.weight")
+        rows = [int(((W0 - r).abs().sum(1) == 0).nonzero()) for r in kept]
+        assert sorted(rows) == active
+    finally:
+        sn.set_config(sn.space.largest())
+
+
 def _near_identity(model, block: int, kind: str):
     """Make one residual block y = x + ~0 (its output projection scaled by 1e-4, bias zero)."""
     with torch.no_grad():
@@ -158,6 +185,10 @@ def test_use_restores_the_active_config_when_its_body_raises(gpt_supernet):
     with pytest.raises(RuntimeError, match="boom"):
         with sn.use(other):
             raise RuntimeError("boom")
+    _check_restored(sn, x, active, before)
+    with pytest.raises(ValueError, match="allowed sizes"):  # an invalid config: nothing changes
+        with sn.use({**other, next(iter(sn.space.dims)): 10**6}):
+            pass
     _check_restored(sn, x, active, before)
 
 
