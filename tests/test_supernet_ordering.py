@@ -80,6 +80,43 @@ def test_smallest_subnet_keeps_exactly_the_most_important_channels_in_order():
         sn.set_config(sn.space.largest())
 
 
+@pytest.mark.parametrize("dim", ["vit.layers.0.mlp:hidden", "vit.layers.1.attention:heads"])
+def test_hf_vit_smallest_subnet_keeps_the_channels_made_important(dim):
+    """The same on Hugging Face's ViT, for an MLP width and a head count: every member tensor of
+    ``dim`` gets magnitude ``scale[channel]`` (signs kept), so importance is known exactly."""
+    from osf.elastic.importance import channel_labels
+    from osf.ir.apply import get_tensor
+
+    model, _ = build("tiny-vit")
+    probe = osf.supernet(model, copy=True, depth=False)  # only to learn the dim's members
+    assert dim in probe.space.dims
+    size, k = probe.ir.dims[dim].size, min(probe.space.dims[dim])
+    important = torch.randperm(size, generator=torch.Generator().manual_seed(0))[:k].tolist()
+    scale = 0.2 + 1e-3 * torch.arange(size, dtype=torch.float32)
+    for rank, c in enumerate(important):
+        scale[c] = 2.0 - 0.05 * rank
+    members = [(m.tensor, m.axis, channel_labels(probe.ir, m.tensor, m.axis, dim)) for m in probe.ir.dims[dim].members]
+    with torch.no_grad():
+        for name, axis, labels in members:
+            t = get_tensor(model, name)
+            shape = [1] * t.dim()
+            shape[axis] = -1
+            f = torch.where(labels >= 0, scale[labels.clamp_min(0)], torch.ones(())).view(shape)
+            t.copy_(torch.where(t >= 0, 1.0, -1.0) * f)
+    originals = {name: get_tensor(model, name).detach().clone() for name, _, _ in members}
+    sn = osf.supernet(model)
+    sn.set_config({**sn.space.largest(), dim: k})
+    try:
+        for name, axis, labels in members:
+            if originals[name].dim() != 1:
+                continue  # the other axes of a matrix are reordered by their own dims: compare vectors
+            want = torch.cat([originals[name][(labels == c).nonzero().flatten()] for c in important])
+            assert torch.equal(sn.current(name), want), name
+        assert any(originals[name].dim() == 1 for name, _, _ in members)
+    finally:
+        sn.set_config(sn.space.largest())
+
+
 def test_activation_importance_keeps_the_channels_that_are_active_on_the_calibration_data():
     """All hidden channels of the first layer have equal weight norms, so magnitude cannot tell
     them apart; on the calibration data only the channels with a positive bias are active
@@ -114,17 +151,24 @@ def _near_identity(model, block: int, kind: str):
             for lin in (model.h[block].c_proj, model.h[block].proj):
                 lin.weight.mul_(1e-4)
                 lin.bias.zero_()
+        elif kind == "vit":  # both residual branches of the layer write through these
+            for lin in (model.vit.layers[block].attention.o_proj, model.vit.layers[block].mlp.fc2):
+                lin.weight.mul_(1e-4)
+                lin.bias.zero_()
         else:
             model.backbone.layers[block].mixer.out_proj.weight.mul_(1e-4)
 
 
-@pytest.mark.parametrize("kind,block", [("gpt", 0), ("gpt", 2), ("gpt", 3), ("mamba", 1), ("mamba", 3)])
+@pytest.mark.parametrize("kind,block", [("gpt", 0), ("gpt", 2), ("gpt", 3), ("mamba", 1), ("mamba", 3), ("vit", 1)])
 def test_the_nearly_identity_block_is_dropped_first(kind, block):
     if kind == "gpt":
         torch.manual_seed(0)
         model = TinyGPT(n_layer=4).eval()
         ex = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(0))
         stack, names = "h", [f"h.{i}" for i in range(4)]
+    elif kind == "vit":
+        model, ex = build("tiny-vit")
+        stack, names = "vit.layers", [f"vit.layers.{i}" for i in range(4)]
     else:
         model, ex = build("tiny-mamba")
         stack, names = "backbone.layers", [f"backbone.layers.{i}" for i in range(4)]
