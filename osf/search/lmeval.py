@@ -166,10 +166,12 @@ class LMEval:
 
         import lm_eval.evaluator as lm_evaluator
 
-        env_info = lm_evaluator.add_env_info
-        # collecting the environment report runs ~10 subprocesses (0.3 s) per call; the
-        # score does not use it, and a search calls this once per trial
+        env_info, git_hash = lm_evaluator.add_env_info, lm_evaluator.get_git_commit_hash
+        # collecting the environment report runs ~10 subprocesses (0.3 s) per call, and the git
+        # hash one more (printing "fatal: not a git repository" outside one); the score uses
+        # neither, and a search calls this once per trial
         lm_evaluator.add_env_info = lambda results: None
+        lm_evaluator.get_git_commit_hash = lambda: None
         try:
             with eval_mode(model):
                 return simple_evaluate(
@@ -177,7 +179,7 @@ class LMEval:
                     task_manager=self.task_manager, bootstrap_iters=0, log_samples=False,
                 )
         finally:
-            lm_evaluator.add_env_info = env_info
+            lm_evaluator.add_env_info, lm_evaluator.get_git_commit_hash = env_info, git_hash
 
     def score(self, results: dict[str, Any]) -> float:
         """The score (see class doc) from a ``simple_evaluate`` results dict."""
