@@ -220,6 +220,11 @@ def test_use_restores_the_active_config(gpt_supernet):
         assert sn.config == other
         assert not torch.equal(_state(sn, x)[1], before[1])
     _check_restored(sn, x, active, before)
+    with sn.use(other):  # nested: each exit restores the config its entry found
+        with sn.use(sn.space.largest()):
+            assert sn.config == sn.space.largest()
+        assert sn.config == other
+    _check_restored(sn, x, active, before)
 
 
 def test_use_restores_the_active_config_when_its_body_raises(gpt_supernet):
