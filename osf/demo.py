@@ -107,8 +107,11 @@ def train_lm(model, blocks: torch.Tensor, seconds: float = 90.0, batch_size: int
     t0 = time.perf_counter()
     bar = tqdm(total=int(seconds), desc="train", unit="s", disable=not show_progress)
     step = 0
-    scan = fast_training_scan()
-    scan.__enter__()
+    from osf.kernels.mamba import is_mamba_mixer, patch_mamba
+
+    # transformers' reference scan is slow to train on CPU (its backward writes a full-size
+    # gradient per step): train on osf.kernels' chunked scan
+    scan = patch_mamba(model) if any(is_mamba_mixer(m) for m in model.modules()) else None
     try:
         while time.perf_counter() - t0 < seconds and (max_steps is None or step < max_steps):
             idx = torch.randint(len(blocks), (batch_size,), generator=g)
@@ -123,7 +126,8 @@ def train_lm(model, blocks: torch.Tensor, seconds: float = 90.0, batch_size: int
             bar.n = min(int(time.perf_counter() - t0), int(seconds))
             bar.set_postfix(step=step, loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
     finally:
-        scan.__exit__(None, None, None)
+        if scan is not None:
+            scan.remove()
         bar.close()
     model.eval()
     return {"steps": step, "seconds": time.perf_counter() - t0, "loss": sum(losses[-10:]) / max(1, len(losses[-10:]))}
@@ -211,47 +215,3 @@ def run_demo(out_dir: str | Path = "osf-demo", trials: int = 20, train_seconds: 
           f"(trial {int(best['number'])}) -> {out_dir / 'subnet'}")
     summary.update(best_score=float(best["score"]), best_params=int(best["params"]), subnet=str(out_dir / "subnet"))
     return summary
-
-
-# ------------------------------------------------- a trainable scan on CPU
-def _selective_scan_unbind(hidden_states, dt, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                           return_last_state=False, **_: Any):
-    """Same maths as transformers' reference scan, but steps come from ``unbind``.
-
-    The reference indexes ``x[:, :, t]`` per step, whose backward writes a full-size
-    zero gradient per step (quadratic in sequence length); ``unbind`` has one backward.
-    """
-    import torch.nn.functional as F
-
-    dtype = hidden_states.dtype
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(dt.dtype)[..., None]
-    if delta_softplus:
-        dt = F.softplus(dt)
-    dA = torch.exp(A[None, :, None, :] * dt[:, :, :, None])  # (b, d, l, n)
-    dBu = dt[:, :, :, None] * B.transpose(1, 2)[:, None].float() * hidden_states[:, :, :, None].float()
-    state = hidden_states.new_zeros(hidden_states.shape[0], hidden_states.shape[1], A.shape[-1]).float()
-    outs = []
-    for a, bu, c in zip(dA.unbind(2), dBu.unbind(2), C.float().unbind(2)):
-        state = a * state + bu
-        outs.append(torch.einsum("bdn,bn->bd", state, c))
-    y = torch.stack(outs, dim=-1).to(dtype)
-    if D is not None:
-        y = y + hidden_states * D[None, :, None]
-    if z is not None:
-        y = y * F.silu(z)
-    return (y, state) if return_last_state else y
-
-
-class fast_training_scan:
-    """Context manager: HF Mamba uses :func:`_selective_scan_unbind` for the full-sequence scan."""
-
-    def __enter__(self):
-        from transformers.models.mamba import modeling_mamba
-
-        self._mod, self._orig = modeling_mamba, modeling_mamba.mamba_selective_scan
-        modeling_mamba.mamba_selective_scan = _selective_scan_unbind
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._mod.mamba_selective_scan = self._orig

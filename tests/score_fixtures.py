@@ -38,7 +38,7 @@ def _sentence_lm():
     from transformers import MambaConfig, MambaForCausalLM
 
     from lm_fixtures import SENTENCES, make_lastword_task, make_tokenizer
-    from osf.demo import fast_training_scan
+    from osf.kernels.mamba import patch_mamba
     from osf.search.tasks import lastword_passages
 
     root = _tmpdir("osf-score-lm-")
@@ -57,7 +57,7 @@ def _sentence_lm():
                                          intermediate_size=64, time_step_rank=4, pad_token_id=0, use_cache=False))
     opt = torch.optim.AdamW(model.parameters(), lr=2e-2)
     model.train()
-    with fast_training_scan():
+    with patch_mamba(model):
         for _ in range(STEPS):
             loss = model(input_ids=batch, labels=labels).loss
             opt.zero_grad()
