@@ -75,9 +75,12 @@ def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[
     best = _mismatches(sub, config, target, recorded)
     applied: set[int] = set()
 
+    originals: dict[tuple[int, str], tuple[Any, str, Any]] = {}
+
     def apply(k: int) -> tuple[bool, Any]:
         c, field, index, new = candidates[k]
         old = getattr(c, field)
+        originals.setdefault((id(c), field), (c, field, copy.deepcopy(old)))
         trial = list(old) if index is not None else new
         if index is not None:
             trial[index] = new
@@ -116,6 +119,15 @@ def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[
         expressed = computes()
     if expressed:
         _refresh_stale_attributes(sub, config)
+    else:
+        # a config that only half describes the subnet could load into a model of the right
+        # shapes that computes something else (a head_dim subnet keeps its attention scale):
+        # keep the original sizes, so plain from_pretrained refuses the folder on its shapes
+        for c, field, value in originals.values():
+            try:
+                setattr(c, field, value)
+            except Exception:  # a config class that validates on assignment: it took no change either
+                pass
     return expressed
 
 
