@@ -27,6 +27,7 @@ from osf.search.samplers import make_sampler
 from osf.search.storage import Heartbeat, default_study_name, fail_stale_trials, is_stale, make_storage
 
 METRICS = ("score", "params", "macs", "latency")
+IN_FLIGHT_WAIT_S = 600.0  # longest wait for another worker scoring the same config, then score it here
 
 
 def _space_params(space: SearchSpace, which: str) -> dict[str, int]:
@@ -158,8 +159,8 @@ def _run(sn, evaluator, space, meter, objectives, budgets, costs, n_trials, samp
 
     fail_stale_trials(study)
     if not study.get_trials(deepcopy=False):  # fresh study: anchor both ends of the front
-        study.enqueue_trial(_space_params(space, "largest"))
-        study.enqueue_trial(_space_params(space, "smallest"))
+        study.enqueue_trial(_space_params(space, "largest"), skip_if_exists=True)  # workers starting together
+        study.enqueue_trial(_space_params(space, "smallest"), skip_if_exists=True)
     if "score" not in reference:  # the full model is the reference of every table and plot, budget or not
         reference["score"] = evaluate_score(sn, evaluator, space.largest())
         study.set_user_attr("osf_reference", reference)
@@ -269,10 +270,11 @@ class _Objective:
             cfg = canonical(self.space, self.space.to_config(params))
             key = config_key(cfg)
             trial.set_user_attr("config", key)
-            metrics = self._cached(trial.study, key)
+            metrics = self._cached_or_in_flight(trial, key)
             if metrics is not None:
                 trial.set_user_attr("cached_from", metrics.pop("_from"))
             else:
+                trial.set_user_attr("osf_measuring", True)
                 metrics = self._measure(cfg, key)
             for k, v in metrics.items():
                 trial.set_user_attr(k, v)
@@ -293,6 +295,21 @@ class _Objective:
         else:
             time.sleep(1.0)  # others are finishing the last trials; one of them may fail
         raise optuna.TrialPruned("the study already has its trials")
+
+    def _cached_or_in_flight(self, trial: optuna.Trial, key: str) -> dict[str, Any] | None:
+        """The stored values of ``key``; while another live trial is scoring it (an earlier one,
+        or one already measuring), wait for its values. None: this trial measures."""
+        deadline = time.time() + IN_FLIGHT_WAIT_S
+        while True:
+            cached = self._cached(trial.study, key)
+            if cached is not None:
+                return cached
+            scoring = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                       if t.number != trial.number and t.user_attrs.get("config") == key and not is_stale(t)
+                       and (t.number < trial.number or t.user_attrs.get("osf_measuring"))]
+            if not scoring or time.time() > deadline:
+                return None
+            time.sleep(0.2)
 
     def _cached(self, study: optuna.Study, key: str) -> dict[str, Any] | None:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
