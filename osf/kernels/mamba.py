@@ -18,8 +18,10 @@ Loud failure instead of silent drift:
   not know, raises (a transformers change shows up as an error, never as a wrong output);
 - a call that was handed a cache but updated no state in it raises ``RuntimeError``.
 
-Measured on the tiny test model and the demo model (``benchmarks/elastic.py``): the same
-kernels run as with the former copy, so times agree within noise.
+Measured (2-core CPU, a 4-layer hidden-768 Mamba, batch 1 x 256 tokens, no grad, medians of
+6): 263 ms through transformers' forward with routed hooks against 256 ms through the former
+copy (``osf/kernels/mamba.py`` at d6211fc), the same logits to the bit; the 3% is the hook
+dispatch and the size and cache checks, the price of following transformers' own forward.
 """
 from __future__ import annotations
 
