@@ -323,9 +323,3 @@ def _load_mapping(path: Path) -> dict:
 def config_key(cfg: Config) -> str:
     """Canonical JSON of a config: the search's cache key and what the trials table shows."""
     return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
-
-
-def canonical(space: "SearchSpace", cfg: Config) -> Config:
-    """``cfg`` written the one way its subnet is written (see ``SearchSpace.canonical``)."""
-    fn = getattr(space, "canonical", None)
-    return fn(cfg) if callable(fn) else cfg

@@ -184,10 +184,10 @@ class SearchResult:
         return text + ("\n(no feasible trials)" if front.empty else "")
 
     def _subnet_key(self, config: Any) -> Any:
-        from osf.space import canonical, config_key
+        from osf.space import config_key
 
         try:
-            return config_key(canonical(self.space, json.loads(config)))
+            return config_key(self.space.canonical(json.loads(config)))
         except (TypeError, ValueError):  # not a config of this space: keep it as it is
             return config
 

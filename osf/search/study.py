@@ -17,7 +17,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from osf.space import Config, SearchSpace, canonical, config_key
+from osf.space import Config, SearchSpace, config_key
 from osf.search.objectives import (
     DIRECTIONS, UNITS, CostMeter, check_constraints, check_objectives, evaluate_score, resolve_limit,
 )
@@ -267,7 +267,7 @@ class _Objective:
         with Heartbeat(trial):
             self._admit(trial)
             params = {n: trial.suggest_categorical(n, c) for n, c in self.space.parameters().items()}
-            cfg = canonical(self.space, self.space.to_config(params))
+            cfg = self.space.canonical(self.space.to_config(params))
             key = config_key(cfg)
             trial.set_user_attr("config", key)
             metrics = self._cached_or_in_flight(trial, key)
