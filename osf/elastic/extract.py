@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from osf.elastic.importance import eval_mode
-from osf.elastic.verify import relative_error, tolerance
 from osf.ir.apply import get_tensor, remove_layers, renumber
 from osf.space import Config
 
@@ -26,11 +25,12 @@ def extract(sn: "Supernet", cfg: Config, verify: bool = True) -> nn.Module:
     :mod:`osf.elastic.verify`); a Hugging Face config is only said to express the subnet when
     the class built from it computes the same outputs, whatever ``verify`` says.
     """
-    from osf.elastic.verify import check_extract, run, trace_inputs
+    from osf.elastic.verify import Reference, check_extract, run, trace_inputs
 
-    inputs = trace_inputs(sn.ir.graph.meta["osf"])
-    with sn.use(cfg), eval_mode(sn.model):
-        expected = [run(sn.model, inp) for inp in inputs]
+    is_hf = hasattr(getattr(sn.model, "config", None), "to_dict")
+    inputs = trace_inputs(sn.ir.graph.meta["osf"]) if verify or is_hf else []
+    with sn.use(cfg), eval_mode(sn.model):  # the supernet's outputs: what the copy (and its config) must give
+        expected = Reference(inputs, [run(sn.model, inp) for inp in inputs])
     with sn.use(cfg):
         memo: dict[int, Any] = {}
         for name in sn.ir.tensor_axes:
@@ -61,16 +61,16 @@ def extract(sn: "Supernet", cfg: Config, verify: bool = True) -> nn.Module:
         else None,
         "class": f"{type(sn.model).__module__}.{type(sn.model).__qualname__}",
     }
-    if hasattr(getattr(sub, "config", None), "to_dict"):
+    if is_hf:
         from osf.elastic.hf_config import update_hf_config
 
         def computes_the_subnet(built: nn.Module) -> bool:
-            built.eval()
-            return all(relative_error(run(built, inp), want) <= tolerance(want) for inp, want in zip(inputs, expected))
+            err, tol, _ = expected.worst(built.eval())
+            return err <= tol
         meta["config_expresses_subnet"] = update_hf_config(sub, sn, cfg, dropped, computes_the_subnet)
     if verify:
         with eval_mode(sub):
-            check_extract(sn, cfg, sub, expected, inputs, lambda c: extract(sn, c, verify=False))
+            check_extract(sn, cfg, sub, expected, lambda c: extract(sn, c, verify=False))
     setattr(sub, META_ATTR, meta)
     if hasattr(sub, "save_pretrained"):
         sub.save_pretrained = types.MethodType(_save_pretrained_with_meta, sub)

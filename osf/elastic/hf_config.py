@@ -49,12 +49,13 @@ def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[
             owner = sub.get_submodule(path) if path else sub
             if isinstance(getattr(owner, a.attr, None), int):
                 recorded.append((path, a.attr, getattr(owner, a.attr)))
+    # a dropped layer's widths describe nothing in the subnet
+    live = {d.name for d in sn.ir.dims.values()
+            if not (d.members and all(in_dropped(m.tensor.rpartition(".")[0]) for m in d.members))}
     by_size: dict[int, set[int]] = {}
-    for d in sn.ir.dims.values():
-        if d.members and all(in_dropped(m.tensor.rpartition(".")[0]) for m in d.members):
-            continue  # a dropped layer's widths describe nothing in the subnet
-        by_size.setdefault(d.size, set()).add(cfg[d.name])
-    for original, new in _products(sn, cfg, in_dropped).items():
+    for name in live:
+        by_size.setdefault(sn.ir.dims[name].size, set()).add(cfg[name])
+    for original, new in _products(sn, cfg, live).items():
         if original not in by_size:  # e.g. query heads = kv heads x queries per kv head
             by_size[original] = new
     candidates = []
@@ -106,7 +107,13 @@ def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[
         if len(still) == len(pending):
             break
         pending = still
-    computes = lambda: computes_the_subnet is None or computes_the_subnet(_built_with_weights(sub, config))  # noqa
+    def computes() -> bool:
+        if computes_the_subnet is None:
+            return True
+        try:
+            return computes_the_subnet(_built_with_weights(sub, config))
+        except Exception:  # the class built from this config does not even load or run the weights
+            return False
     expressed = best == 0 and computes()
     if best == 0 and not expressed:
         # equal shapes cannot tell 4 heads of 2 from 1 head of 8: also take the size fields
@@ -136,30 +143,24 @@ def _built_with_weights(sub: nn.Module, config: Any) -> nn.Module:
     with torch.device("meta"):
         built = type(sub)(copy.deepcopy(config))
     built.load_state_dict(sub.state_dict(), strict=True, assign=True)
-    for name, buf in sub.named_buffers():
+    for name, buf in sub.named_buffers():  # non-persistent buffers too (built on meta, not in the state dict)
         owner, _, leaf = name.rpartition(".")
         (built.get_submodule(owner) if owner else built)._buffers[leaf] = buf
-    for name, mod in built.named_modules():  # non-persistent buffers built on meta come from sub
-        for leaf, buf in list(mod._buffers.items()):
-            if buf is not None and buf.is_meta:
-                mod._buffers[leaf] = sub.get_submodule(name).get_buffer(leaf)
     return built
 
 
-def _products(sn: "Supernet", cfg: Config, in_dropped) -> dict[int, set[int]]:
-    """Sizes that are products of dims (structured axes such as heads x per-head groups):
-    original size -> the new sizes they take."""
-    alg, leaf_dim = sn.ir.alg, {d.var: d for d in sn.ir.dims.values()}
+def _products(sn: "Supernet", cfg: Config, live: set[str]) -> dict[int, set[int]]:
+    """Sizes that are products of ``live`` dims (structured axes such as heads x per-head
+    groups): original size -> the new sizes they take."""
+    alg, leaf_dim = sn.ir.alg, {d.var: d.name for d in sn.ir.dims.values()}
     out: dict[int, set[int]] = {}
     for root, struct in alg.defn.items():
         if struct.kind != "prod" or alg.find(root) != root:
             continue
-        leaves = alg.leaves(root)
-        dims = [leaf_dim.get(leaf) for leaf in leaves]
-        if not any(dims) or any(d is not None and all(in_dropped(m.tensor.rpartition(".")[0]) for m in d.members)
-                                for d in dims):
+        dims = {leaf_dim[leaf] for leaf in alg.leaves(root) if leaf in leaf_dim}
+        if not dims or not dims <= live:
             continue
-        sizes = {d.var: cfg[d.name] for d in dims if d is not None and d.name in cfg}
+        sizes = {sn.ir.dims[d].var: cfg[d] for d in dims}
         out.setdefault(alg.size[root], set()).add(alg.new_size(root, sizes))
     return out
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy as copy_module
+import dataclasses
 import math
 from collections import OrderedDict
 from typing import Any, Iterable, Iterator, Mapping
@@ -372,7 +373,7 @@ def supernet(model: nn.Module, example_inputs: Any = None, *, space: Any = None,
         if space is not None:
             space_obj = space_obj.restrict(space)
         # a dim kept whole by space= is not reordered: pinning it keeps a doubtful dim out entirely
-        permuted = [d for d in ir.dims if max(space_obj.dims.get(d, [0])) != min(space_obj.dims.get(d, [0]))]
+        permuted = [d for d in ir.dims if len(space_obj.dims[d]) > 1]
         calibration = list(calibration) if calibration is not None else None
         scores = (activation_importance(ir, calibration, model) if importance == "activation"
                   else magnitude_importance(ir, model))
@@ -381,9 +382,8 @@ def supernet(model: nn.Module, example_inputs: Any = None, *, space: Any = None,
         if kernels:
             _use_osf_kernels(model)
         order = sorted(block_scores, key=lambda b: block_scores[b])
-        space_obj = build_space(ir, order, depth=depth)
-        if space is not None:
-            space_obj = space_obj.restrict(space)
+        # the stacks now list blocks in drop order; the dims and depth floors stay as restricted
+        space_obj = dataclasses.replace(space_obj, stacks=build_space(ir, order, depth=depth).stacks)
         sn = Supernet(model, ir, space_obj, example_inputs)
         if reference is not None:
             verify_module.check_build(sn, reference, permuted)

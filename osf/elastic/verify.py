@@ -34,22 +34,9 @@ class VerificationError(RuntimeError):
     """A supernet or an extracted subnet does not compute what it must; the message names the culprit."""
 
 
-def output_tensors(out: Any) -> list[torch.Tensor]:
-    """The floating-point tensors of a model output, in a stable order (caches and ints skipped)."""
-    found: list[torch.Tensor] = []
-
-    def visit(x: Any) -> None:
-        if isinstance(x, torch.Tensor):
-            if x.is_floating_point():
-                found.append(x.detach())
-        elif isinstance(x, Mapping):
-            for v in x.values():
-                visit(v)
-        elif isinstance(x, (tuple, list)):
-            for v in x:
-                visit(v)
-    visit(out)
-    return found
+def output_tensors(outputs: Mapping[str, Any]) -> list[torch.Tensor]:
+    """The floating-point tensors of a flattened model output (``flatten_output``), in order."""
+    return [t.detach() for t in outputs.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
 Inputs = tuple  # (positional tensors, keyword tensors), as the trace recorded them
@@ -83,11 +70,12 @@ def relative_error(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
         if a.shape != b.shape:
             return float("inf")
         a, b = a.double(), b.double()
-        if not torch.isfinite(a).all() or not torch.isfinite(b).all():
-            if torch.equal(torch.isfinite(a), torch.isfinite(b)) and torch.equal(a[torch.isfinite(a)],
-                                                                                b[torch.isfinite(b)]):
-                continue
-            return float("inf")
+        finite = torch.isfinite(b)
+        signs = dict(nan=0.0, posinf=1.0, neginf=-1.0)
+        if not torch.equal(torch.isfinite(a), finite) or not torch.equal(a[~finite].nan_to_num(**signs),
+                                                                        b[~finite].nan_to_num(**signs)):
+            return float("inf")  # infinities or NaNs in other places (masked logits may hold -inf)
+        a, b = a[finite], b[finite]
         err = (a - b).norm().item() / max(b.norm().item(), 1e-30)
         worst = max(worst, err)
     return worst
@@ -99,7 +87,8 @@ def tolerance(outputs: list[torch.Tensor]) -> float:
 
 @dataclass
 class Reference:
-    """The original model's outputs on the check inputs, taken before anything changed."""
+    """What a model must compute on the check inputs: the original model's outputs (build
+    check) or the supernet's at a config (extract check)."""
 
     inputs: list[Inputs]
     outputs: list[list[torch.Tensor]]
@@ -174,12 +163,12 @@ def _permutation_culprits(sn: "Supernet", reference: Reference, dims: list[str],
     return culprits
 
 
-def check_extract(sn: "Supernet", cfg: Mapping[str, Any], sub: nn.Module, expected: list[list[torch.Tensor]],
-                  inputs: list[Any], extract_unchecked: Callable[[Mapping[str, Any]], nn.Module]) -> None:
-    """Raise :class:`VerificationError` unless ``sub`` reproduces the supernet's ``expected`` outputs at ``cfg``."""
-    tol = tolerance(expected[0])
+def check_extract(sn: "Supernet", cfg: Mapping[str, Any], sub: nn.Module, expected: Reference,
+                  extract_unchecked: Callable[[Mapping[str, Any]], nn.Module]) -> None:
+    """Raise :class:`VerificationError` unless ``sub`` reproduces the supernet's outputs at ``cfg``
+    (``expected``)."""
     try:
-        err = max(relative_error(run(sub, inp), want) for inp, want in zip(inputs, expected))
+        err, tol, _ = expected.worst(sub)
     except Exception as e:
         raise VerificationError(
             f"extract: the extracted {type(sub).__name__} fails on the example inputs where the supernet runs "
@@ -189,13 +178,14 @@ def check_extract(sn: "Supernet", cfg: Mapping[str, Any], sub: nn.Module, expect
         return
     largest = sn.space.largest()
     changes = [k for k in cfg if cfg[k] != largest.get(k)]
+    first = expected.inputs[0]
     culprits = []
     for k in changes:
         alone = dict(largest)
         alone[k] = cfg[k]
         with sn.use(alone):
-            want = run(sn.model, inputs[0])
-        if relative_error(run(extract_unchecked(alone), inputs[0]), want) > tol:
+            want = run(sn.model, first)
+        if relative_error(run(extract_unchecked(alone), first), want) > tol:
             culprits.append(k)
     what = (f"it goes wrong when {', '.join(repr(c) for c in culprits)} alone changes" if culprits
             else f"no single change of {changes} explains it, their combination does")
