@@ -42,12 +42,13 @@ class Perplexity:
         if n == 0:
             raise ValueError(f"the texts give {len(ids)} tokens, fewer than one block of seq_len={seq_len}")
         self.blocks = torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+        self._max_id = int(self.blocks.max())  # checked against each model's embedding
         self.batch_size, self.max_batches, self.name = batch_size, max_batches, name
 
     @torch.no_grad()
     def nll(self, model: nn.Module) -> float:
         """Mean next-token negative log-likelihood (nats)."""
-        check_vocab(self.tokenizer, model, int(self.blocks.max()))
+        check_vocab(self.tokenizer, model, self._max_id)
         device = model_device(model)
         total, count = 0.0, 0
         with eval_mode(model):
