@@ -25,18 +25,14 @@ from rich.table import Table  # noqa: E402
 
 
 def make(name: str, quick: bool):
-    from transformers import MambaConfig, MambaForCausalLM, ViTConfig, ViTForImageClassification
+    from reference_models import mamba_130m, vit_base  # benchmarks/, the script's folder
 
     torch.manual_seed(0)
     if name == "mamba":
-        layers = 4 if quick else 24
-        model = MambaForCausalLM(MambaConfig(vocab_size=50280, hidden_size=768, state_size=16,
-                                             num_hidden_layers=layers, expand=2, conv_kernel=4))
+        model = mamba_130m(4 if quick else 24)
         inputs = {"input_ids": torch.randint(0, 50280, (1, 64 if quick else 256))}
     else:
-        layers = 2 if quick else 12
-        model = ViTForImageClassification(ViTConfig(hidden_size=768, num_hidden_layers=layers, num_attention_heads=12,
-                                                    intermediate_size=3072, image_size=224, patch_size=16))
+        model = vit_base(2 if quick else 12, num_labels=2)  # transformers' default head, as measured
         inputs = {"pixel_values": torch.randn(2 if quick else 8, 3, 224, 224)}
     return model.eval(), inputs
 

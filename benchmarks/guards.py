@@ -20,18 +20,15 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from transformers import (LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCausalLM, ViTConfig,  # noqa: E402
-                          ViTForImageClassification)
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import osf  # noqa: E402
+from reference_models import mamba_130m, vit_base  # noqa: E402  (benchmarks/, the script's folder)
 
 
 def models():
-    yield "Mamba-130M config", lambda: MambaForCausalLM(MambaConfig(
-        vocab_size=50280, hidden_size=768, state_size=16, num_hidden_layers=24, expand=2, conv_kernel=4))
-    yield "ViT-Base", lambda: ViTForImageClassification(ViTConfig(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        image_size=224, patch_size=16, num_labels=1000))
+    yield "Mamba-130M config", mamba_130m
+    yield "ViT-Base", vit_base
     yield "Llama GQA (8 layers, hidden 512, 8/2 heads)", lambda: LlamaForCausalLM(LlamaConfig(
         vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
         num_key_value_heads=2))

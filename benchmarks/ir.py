@@ -14,17 +14,14 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from transformers import MambaConfig, MambaForCausalLM, ViTConfig, ViTForImageClassification  # noqa: E402
 
 import osf.ir as oi  # noqa: E402
+from reference_models import mamba_130m, vit_base  # noqa: E402  (benchmarks/, the script's folder)
 
 
 def models():
-    yield "Mamba-130M config (24 layers, hidden 768)", lambda: MambaForCausalLM(MambaConfig(
-        vocab_size=50280, hidden_size=768, state_size=16, num_hidden_layers=24, expand=2, conv_kernel=4))
-    yield "ViT-Base (12 layers, hidden 768)", lambda: ViTForImageClassification(ViTConfig(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        image_size=224, patch_size=16, num_labels=1000))
+    yield "Mamba-130M config (24 layers, hidden 768)", mamba_130m
+    yield "ViT-Base (12 layers, hidden 768)", vit_base
 
 
 def main() -> None:

@@ -681,22 +681,21 @@ def _check_replay(gm, wrapper, args, kwargs, guards, draws: int = 4) -> tuple | 
     shape only): the supernet's build check reuses them."""
     from osf.ir.inputs import random_like_inputs, resize_inputs
 
-    other_shape = None
-    for seed in range(1234, 1234 + (draws if guards else 1)):
-        new_args, new_kwargs = random_like_inputs(args, kwargs, seed=seed)
-        if seed == 1234:
-            resized = resize_inputs(args, kwargs, batch=_batch_of(args, kwargs) + 1, seq_len=_seq_of(args, kwargs),
-                                    seed=seed)
-            try:
-                with torch.no_grad():
-                    outputs = wrapper(*resized[0], **resized[1])
-                new_args, new_kwargs = resized
-                other_shape = (new_args, new_kwargs, {k: v.detach() for k, v in outputs.items()})
-            except Exception:  # a model that takes one input shape only
-                pass
+    n_draws = draws if guards else 1
+    other_args, other_kwargs = resize_inputs(args, kwargs, batch=_batch_of(args, kwargs) + 1,
+                                             seq_len=_seq_of(args, kwargs), seed=1234)
+    try:
         with torch.no_grad():
-            expected = other_shape[2] if other_shape is not None and seed == 1234 else wrapper(*new_args,
-                                                                                                 **new_kwargs)
+            outputs = wrapper(*other_args, **other_kwargs)
+        other_shape = (other_args, other_kwargs, {k: v.detach() for k, v in outputs.items()})
+        checks = [other_shape]
+    except Exception:  # a model that takes one input shape only
+        other_shape, checks = None, []
+    for seed in range(1234 + len(checks), 1234 + n_draws):
+        checks.append((*random_like_inputs(args, kwargs, seed=seed), None))
+    for new_args, new_kwargs, expected in checks:
+        with torch.no_grad():
+            expected = expected if expected is not None else wrapper(*new_args, **new_kwargs)
             got = gm(*new_args, **new_kwargs)
         for k, v in expected.items():
             g = got[k]

@@ -129,6 +129,8 @@ class _Hook:
 
 def _install_hooks(modeling: types.ModuleType) -> None:
     """Wrap the kernel functions of ``modeling`` once; a missing one is an unsupported release."""
+    if all(isinstance(getattr(modeling, n, None), _Hook) for n in HOOK_NAMES):
+        return
     missing = [n for n in HOOK_NAMES if not callable(getattr(modeling, n, None))]
     if missing:
         raise RuntimeError(f"{modeling.__name__} no longer defines the kernel hooks {missing} that OSF routes to "
