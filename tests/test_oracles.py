@@ -159,6 +159,16 @@ def _uniform_cfg(sn, values: dict[str, int], drop: int = 1):
     return cfg, dropped
 
 
+def assert_live_equals(sn, cfg, small, inputs, what: str) -> None:
+    """The live supernet at ``cfg`` computes what ``small`` (built another way) computes."""
+    sn.set_config(cfg)
+    try:
+        live = run(sn, *inputs)
+    finally:
+        sn.set_config(sn.space.largest())
+    assert_close(live, run(small, *inputs), what)
+
+
 def test_mamba_subnet_equals_a_smaller_mamba_built_by_hand():
     from transformers import MambaForCausalLM
     sn, inputs = supernet_of("tiny-mamba")
@@ -194,12 +204,7 @@ def test_mamba_subnet_equals_a_smaller_mamba_built_by_hand():
         return v[:h]
 
     small.load_state_dict(_copy_layers(_full_state(sn), kept, "backbone.layers.", cut), strict=True)
-    sn.set_config(cfg)
-    try:
-        live = run(sn, *inputs)
-    finally:
-        sn.set_config(sn.space.largest())
-    assert_close(live, run(small, *inputs), "mamba by hand")
+    assert_live_equals(sn, cfg, small, inputs, "mamba by hand")
 
 
 @pytest.mark.parametrize("heads,head_dim", [(4, 16), (8, 8)])
@@ -240,12 +245,7 @@ def test_mamba2_subnet_equals_a_smaller_mamba2_built_by_hand(heads, head_dim):
         return v[:h]
 
     small.load_state_dict(_copy_layers(_full_state(sn), kept, "backbone.layers.", cut), strict=True)
-    sn.set_config(cfg)
-    try:
-        live = run(sn, *inputs)
-    finally:
-        sn.set_config(sn.space.largest())
-    assert_close(live, run(small, *inputs), f"mamba2 by hand, {heads} heads of {head_dim}")
+    assert_live_equals(sn, cfg, small, inputs, f"mamba2 by hand, {heads} heads of {head_dim}")
 
 
 HEAD_DIM_SCALE = ("OSF bug: slicing a ViT head_dim keeps the attention softmax scale of the full head_dim "
@@ -297,12 +297,7 @@ def test_vit_subnet_equals_a_smaller_vit_built_by_hand(heads, head_dim):
         return v[:h]  # patch projection rows, norms, o_proj / fc2 biases
 
     small.load_state_dict(_copy_layers(_full_state(sn), kept, "vit.layers.", cut), strict=True)
-    sn.set_config(cfg)
-    try:
-        live = run(sn, *inputs)
-    finally:
-        sn.set_config(sn.space.largest())
-    assert_close(live, run(small, *inputs), f"vit by hand, {heads} heads of {head_dim}")
+    assert_live_equals(sn, cfg, small, inputs, f"vit by hand, {heads} heads of {head_dim}")
 
 
 # ------------------------------------------------------------- the oracle has teeth
