@@ -80,6 +80,16 @@ def assert_close(out, ref, what, tol=1e-5):
         assert err < tol, f"{what}: {k} rel err {err:.2e}"
 
 
+def assert_live_equals(sn, cfg, small, inputs, what: str) -> None:
+    """The live supernet at ``cfg`` computes what ``small`` (built another way) computes."""
+    sn.set_config(cfg)
+    try:
+        live = run(sn, *inputs)
+    finally:
+        sn.set_config(sn.space.largest())
+    assert_close(live, run(small, *inputs), what)
+
+
 # ------------------------------------------------------------------ differential oracle
 def _configs(sn):
     return [("smallest", sn.space.smallest())] + [(f"sample({s})", sn.space.sample(s)) for s in (0, 1)]
@@ -89,13 +99,8 @@ def _configs(sn):
 def test_supernet_equals_an_independent_reference_slicer(name):
     sn, inputs = supernet_of(name)
     for label, cfg in _configs(sn):
-        sn.set_config(cfg)
-        try:
-            live = run(sn, *inputs)
-        finally:
-            sn.set_config(sn.space.largest())
         ref = reference_subnet(sn, cfg, model_of(name)[0].eval(), inputs)
-        assert_close(live, run(ref, *inputs), f"{name} {label}")
+        assert_live_equals(sn, cfg, ref, inputs, f"{name} {label}")
 
 
 @pytest.mark.parametrize("name", HEAD_DIM_MODELS)
@@ -108,13 +113,8 @@ def test_supernet_slicing_head_dim_equals_the_reference_slicer(name):
     for d, choices in sn.space.dims.items():  # 2+ heads, sliced where possible: with one head,
         if sn.ir.dims[d].kind == "heads":     # head_dim's stride would never be used
             cfg[d] = choices[1] if len(choices) > 1 and choices[1] >= 2 else choices[0]
-    sn.set_config(cfg)
-    try:
-        live = run(sn, *inputs)
-    finally:
-        sn.set_config(sn.space.largest())
     ref = reference_subnet(sn, cfg, model_of(name)[0].eval(), inputs)
-    assert_close(live, run(ref, *inputs), f"{name} head_dim halved")
+    assert_live_equals(sn, cfg, ref, inputs, f"{name} head_dim halved")
 
 
 # ------------------------------------------------- genuinely smaller models, built by hand
@@ -157,16 +157,6 @@ def _uniform_cfg(sn, values: dict[str, int], drop: int = 1):
             cfg[b] = False
             dropped.append(b)
     return cfg, dropped
-
-
-def assert_live_equals(sn, cfg, small, inputs, what: str) -> None:
-    """The live supernet at ``cfg`` computes what ``small`` (built another way) computes."""
-    sn.set_config(cfg)
-    try:
-        live = run(sn, *inputs)
-    finally:
-        sn.set_config(sn.space.largest())
-    assert_close(live, run(small, *inputs), what)
 
 
 def test_mamba_subnet_equals_a_smaller_mamba_built_by_hand():
