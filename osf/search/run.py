@@ -215,8 +215,7 @@ def check_run_identity(run_dir: Path, spec: dict[str, Any]) -> dict[str, Any] | 
 
 
 def write_run(run_dir: Path, spec: dict[str, Any]) -> None:
-    """Write ``run.json`` (atomically); refuse to reuse a folder holding another run."""
-    check_run_identity(run_dir, spec)
+    """Write ``run.json`` (atomically); the caller has refused another run with ``check_run_identity``."""
     path = run_dir / RUN_FILE
     tmp = path.with_name(RUN_FILE + ".tmp")
     tmp.write_text(json.dumps(spec, indent=2))
