@@ -65,20 +65,9 @@ class ImageAccuracy:
     def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
-    @torch.no_grad()
     def predictions(self, model: nn.Module) -> torch.Tensor:
         """Predicted class per image."""
-        device, size = model_device(model), self._size_for(model)
-        preds = []
-        with eval_mode(model):
-            for i in range(0, len(self.labels), self.batch_size):
-                x = self.preprocess(self.images[i: i + self.batch_size], size).to(device)
-                out = model(x)
-                logits = out.logits if hasattr(out, "logits") else out
-                if i == 0:
-                    self._check_logits(logits)
-                preds.append(logits.argmax(-1).cpu())
-        return torch.cat(preds)
+        return self.predictions_of(model, len(self.labels))
 
     def _check_logits(self, logits: Any) -> None:
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
@@ -109,13 +98,18 @@ class ImageAccuracy:
 
     @torch.no_grad()
     def predictions_of(self, model: nn.Module, n: int) -> torch.Tensor:
-        """Predicted classes of the first ``n`` images (checks the logits against the labels)."""
+        """Predicted classes of the first ``n`` images (the first batch's logits are checked against the labels)."""
+        device, size = model_device(model), self._size_for(model)
+        preds = []
         with eval_mode(model):
-            x = self.preprocess(self.images[:n], self._size_for(model)).to(model_device(model))
-            out = model(x)
-            logits = out.logits if hasattr(out, "logits") else out
-            self._check_logits(logits)
-            return logits.argmax(-1).cpu()
+            for i in range(0, n, self.batch_size):
+                x = self.preprocess(self.images[i: min(i + self.batch_size, n)], size).to(device)
+                out = model(x)
+                logits = out.logits if hasattr(out, "logits") else out
+                if i == 0:
+                    self._check_logits(logits)
+                preds.append(logits.argmax(-1).cpu())
+        return torch.cat(preds)
 
     def __call__(self, model: nn.Module) -> float:
         return float((self.predictions(model) == self.labels).float().mean())
