@@ -43,7 +43,7 @@ def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[
     target = {k: tuple(v.shape) for k, v in sub.state_dict().items()}
     in_dropped = lambda path: any(path == d or path.startswith(d + ".") for d in dropped)  # noqa: E731
     recorded = []  # (module path in sub, attribute): sizes the forward pass reads, elastic or not
-    for a in sn.ir.read_attrs or sn.ir.attrs:
+    for a in sn.ir.read_attrs:
         if not in_dropped(a.module):
             path = renumber(sn.ir, a.module, dropped)
             owner = sub.get_submodule(path) if path else sub
