@@ -65,7 +65,8 @@ def _chunk(u, delta, A, B, C, h0, clamp: bool = True):
         m = EXP_MAX[S.dtype]
         S = S.clamp(-m, m)
     E = torch.exp(S)
-    X = E.reciprocal() * (delta * u).unsqueeze(-1) * B.transpose(-1, -2).unsqueeze(2)
+    # exp(-S), not 1/E: the backward of a reciprocal squares it (e^{2|S|} overflows float32)
+    X = torch.exp(-S) * (delta * u).unsqueeze(-1) * B.transpose(-1, -2).unsqueeze(2)
     H = E * (X.cumsum(dim=3) + torch.exp(c) * h0.unsqueeze(3))
     y = (H * C.transpose(-1, -2).unsqueeze(2)).sum(-1)
     return y, H[:, :, :, -1]
