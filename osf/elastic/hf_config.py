@@ -22,12 +22,44 @@ if TYPE_CHECKING:
     from osf.elastic.supernet import Supernet
 
 
-def _configs(config: Any) -> Iterator[tuple[str, Any]]:
-    yield "", config
-    for key in ("text_config", "vision_config"):
-        sub = getattr(config, key, None)
-        if sub is not None and hasattr(sub, "to_dict"):
-            yield key, sub
+def _configs(config: Any) -> Iterator[Any]:
+    """``config`` and every config nested in it (any attribute that is itself a config), each once."""
+    return (c for _, c in _walk(config))
+
+
+def _walk(config: Any, path: tuple[str, ...] = (), seen: set[int] | None = None) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """``(attribute path, config)`` for ``config`` and its nested configs, depth-first."""
+    from transformers import PretrainedConfig
+
+    seen = set() if seen is None else seen
+    if id(config) in seen:
+        return
+    seen.add(id(config))
+    yield path, config
+    for key, value in vars(config).items():
+        if isinstance(value, PretrainedConfig):
+            yield from _walk(value, (*path, key), seen)
+
+
+def _stack_configs(sn: "Supernet", config: Any) -> dict[str, Any]:
+    """The config (in ``config``, the subnet's) that each stack's layers are built from.
+
+    That is the ``config`` of the stack's nearest enclosing module in the original model,
+    found by its place in the original config; the top config when no module holds one."""
+    from transformers import PretrainedConfig
+
+    paths = {id(c): path for path, c in _walk(sn.model.config)}
+    here = dict(_walk(config))
+    out = {}
+    for stack in sn.ir.stacks:
+        parts, owner = stack.split("."), None
+        for i in range(len(parts), -1, -1):
+            c = getattr(sn.model.get_submodule(".".join(parts[:i])), "config", None)
+            if isinstance(c, PretrainedConfig):
+                owner = c
+                break
+        out[stack] = here.get(paths.get(id(owner), ()), config)
+    return out
 
 
 def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[str],
@@ -39,7 +71,6 @@ def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[
     subnet's weights (equal shapes do not prove equal functions: a per-head size the
     analysis could not bind may still differ)."""
     config = sub.config
-    _update_depth(sub, sn, config, dropped)
     target = {k: tuple(v.shape) for k, v in sub.state_dict().items()}
     in_dropped = lambda path: any(path == d or path.startswith(d + ".") for d in dropped)  # noqa: E731
     recorded = []  # (module path in sub, attribute): sizes the forward pass reads, elastic or not
@@ -49,6 +80,7 @@ def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[
             owner = sub.get_submodule(path) if path else sub
             if isinstance(getattr(owner, a.attr, None), int):
                 recorded.append((path, a.attr, getattr(owner, a.attr)))
+    depth_fields = _update_depth(sub, sn, config, dropped, lambda: _mismatches(sub, config, target, recorded))
     # a dropped layer's widths describe nothing in the subnet
     live = {d.name for d in sn.ir.dims.values()
             if not (d.members and all(in_dropped(m.tensor.rpartition(".")[0]) for m in d.members))}
@@ -59,10 +91,10 @@ def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[
         if original not in by_size:  # e.g. query heads = kv heads x queries per kv head
             by_size[original] = new
     candidates = []
-    for prefix, c in _configs(config):
+    for c in _configs(config):
         for field, value in c.to_dict().items():
             if field in ("vocab_size", "num_labels", "max_position_embeddings", "image_size", "patch_size",
-                         "num_channels", "projection_dim", "num_hidden_layers", "depths"):
+                         "num_channels", "projection_dim", "num_hidden_layers") or (id(c), field) in depth_fields:
                 continue
             if isinstance(value, int) and not isinstance(value, bool):
                 new = by_size.get(value)
@@ -182,18 +214,42 @@ def _refresh_stale_attributes(sub: nn.Module, config: Any) -> None:
                 setattr(mod, key, new)
 
 
-def _update_depth(sub: nn.Module, sn: "Supernet", config: Any, dropped: list[str]) -> None:
-    """num_hidden_layers, layer_types and Swin's per-stage depths follow the layer lists."""
-    for stack, blocks in sn.ir.stacks.items():
-        original = len(sn.model.get_submodule(stack))
-        n = len(sub.get_submodule(stack))
-        if n == original:
+def _update_depth(sub: nn.Module, sn: "Supernet", config: Any, dropped: list[str],
+                  mismatches: Callable[[], int]) -> set[tuple[int, str]]:
+    """Depth fields follow the layer lists; returns them as ``(id(config), field)``.
+
+    Per config, over the stacks built from it (in module order): ``num_hidden_layers`` when it
+    builds one stack, layer-index and per-layer lists, and a per-stack depth list: an int list
+    with one entry per stack, each entry that stack's length (when several lists look so, the
+    one whose change best matches the subnet's shapes)."""
+    order = {name: i for i, (name, _) in enumerate(sn.model.named_modules())}
+    owner = _stack_configs(sn, config)
+    stacks = sorted(sn.ir.stacks, key=lambda s: order.get(s, len(order)))
+    fields: set[tuple[int, str]] = set()
+    for c in _configs(config):
+        mine = [s for s in stacks if owner[s] is c]
+        if not mine:
             continue
-        removed = {b.index for b in blocks if b.name in dropped}
-        for prefix, c in _configs(config):
-            if prefix and not stack.startswith(prefix.replace("_config", "_model")):
+        lengths = [len(sn.model.get_submodule(s)) for s in mine]
+        new = [len(sub.get_submodule(s)) for s in mine]
+        lists = [f for f, v in c.to_dict().items() if v == lengths and _is_int_list(v)]
+        if new != lengths and len(lists) > 1:  # one of them is the depths: the one the shapes confirm
+            scores = {}
+            for f in lists:
+                old = getattr(c, f)
+                setattr(c, f, list(new))
+                scores[f] = mismatches()
+                setattr(c, f, old)
+            lists = [min(lists, key=lambda f: scores[f])]
+        if len(lists) == 1:
+            fields.add((id(c), lists[0]))
+            if new != lengths:
+                setattr(c, lists[0], list(new))
+        for stack, original, n in zip(mine, lengths, new):
+            if n == original:
                 continue
-            if getattr(c, "num_hidden_layers", None) == original:
+            removed = {b.index for b in sn.ir.stacks[stack] if b.name in dropped}
+            if len(mine) == 1 and getattr(c, "num_hidden_layers", None) == original:
                 c.num_hidden_layers = n
             # layer-index lists (a hybrid's attention layers) are renumbered first: per-layer
             # type lists may be derived from them
@@ -207,12 +263,11 @@ def _update_depth(sub: nn.Module, sn: "Supernet", config: Any, dropped: list[str
                     c.layer_types = [t for i, t in enumerate(layer_types) if i not in removed]
                 except AttributeError:  # derived from an index list, renumbered above
                     pass
-        depths = getattr(config, "depths", None)
-        parts = stack.split(".")
-        if isinstance(depths, list) and len(parts) >= 2 and parts[-1] == "blocks" and parts[-2].isdigit():
-            depths = list(depths)
-            depths[int(parts[-2])] = n
-            config.depths = depths
+    return fields
+
+
+def _is_int_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
 def _is_layer_index_list(field: str, value: Any, n_layers: int) -> bool:
@@ -225,7 +280,7 @@ def _is_layer_index_list(field: str, value: Any, n_layers: int) -> bool:
 def _mismatches(sub: nn.Module, config: Any, target: dict[str, tuple], recorded: list[tuple]) -> int:
     try:
         trial = copy.deepcopy(config)
-        for _, c in _configs(trial):
+        for c in _configs(trial):
             if callable(getattr(c, "validate", None)):
                 c.validate()  # a config transformers would refuse to save or load is no match
         with torch.device("meta"):

@@ -514,15 +514,17 @@ def _user_location() -> str:
 # --------------------------------------------------------------------------------------
 # Inputs and outputs
 # --------------------------------------------------------------------------------------
-_SKIP_OUTPUT_FIELDS = {"hidden_states", "attentions", "past_key_values", "cache_params", "cross_attentions",
-                       "reshaped_hidden_states", "text_model_output", "vision_model_output", "loss"}
+# per-layer diagnostics and the loss, when a model returns them as one tensor; fields that are no
+# tensor (tuples of per-layer states, caches, nested outputs of sub-models) are never outputs
+_SKIP_OUTPUT_FIELDS = {"hidden_states", "attentions", "cross_attentions", "past_key_values", "loss"}
 
 
 def flatten_output(out: Any) -> dict[str, torch.Tensor]:
     """The task outputs of a model call as a flat ``{name: tensor}`` dict.
 
-    For Hugging Face ``ModelOutput``s the top-level tensors are kept, except hidden states,
-    attentions and caches (they are diagnostics, not what the model is for).
+    For Hugging Face ``ModelOutput``s (any mapping) the top-level tensor fields are kept, except
+    hidden states, attentions, caches and the loss (diagnostics, not what the model is for);
+    fields holding anything else (tuples of per-layer states, caches, nested outputs) are left out.
     """
     if isinstance(out, torch.Tensor):
         return {"output": out}
