@@ -65,7 +65,7 @@ def vit_args(cifar, out, *extra):
 def vit_run(cifar, tmp_path_factory):
     """A finished tiny search (copied by tests that change it)."""
     out = tmp_path_factory.mktemp("vitrun") / "run"
-    res = invoke(*vit_args(cifar, out, "--max-params", "0.7"))
+    res = invoke(*vit_args(cifar, out, "--max-params-frac", "0.7"))
     assert res.exit_code == 0, res.output
     return out
 
@@ -323,7 +323,7 @@ def test_failing_evaluator_logs_no_optuna_traceback(capfd, optuna_log):
 
 @pytest.mark.parametrize("kw, exc, message", [
     ({"sn": nn.Linear(2, 2)}, TypeError, r"sn must be a supernet \(build one with osf.supernet\(model\)\), got Linear"),
-    ({"constraints": 0.5}, TypeError, r"constraints must be a dict of budgets such as \{'params': 0.5\}, got float"),
+    ({"constraints": 0.5}, TypeError, r"constraints must be a dict of budgets such as \{'max_params_frac': 0.5\}, got float"),
     ({"n_trials": True}, ValueError, "n_trials must be a positive integer, got True"),
     ({"timeout": 0}, ValueError, "timeout must be a positive number of seconds"),
     ({"seed": "1"}, TypeError, "seed must be an integer or None"),
@@ -442,7 +442,7 @@ def test_journal_deleted(vit_run, cifar, tmp_path):
     out = copy_run(vit_run, tmp_path)
     (out / "study.journal").unlink()
     one_line_error(invoke("extract", out, "--best", "--out", tmp_path / "sub"), "study.journal", "missing")
-    one_line_error(invoke(*vit_args(cifar, out, "--max-params", "0.7")), "study.journal is missing", "new --out")
+    one_line_error(invoke(*vit_args(cifar, out, "--max-params-frac", "0.7")), "study.journal is missing", "new --out")
 
 
 def test_study_name_edited_then_search_resumed(vit_run, cifar, tmp_path):
@@ -450,7 +450,7 @@ def test_study_name_edited_then_search_resumed(vit_run, cifar, tmp_path):
     spec = json.loads((out / "run.json").read_text())
     real, spec["study_name"] = spec["study_name"], "osf-renamed"
     (out / "run.json").write_text(json.dumps(spec))
-    one_line_error(invoke(*vit_args(cifar, out, "--max-params", "0.7")), "names study 'osf-renamed'", real)
+    one_line_error(invoke(*vit_args(cifar, out, "--max-params-frac", "0.7")), "names study 'osf-renamed'", real)
 
 
 def test_relative_sqlite_url_and_extract_from_another_directory(cifar, tmp_path, monkeypatch):
@@ -477,15 +477,20 @@ def test_extract_sqlite_database_deleted(cifar, tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------- osf extract
 def test_extract_trial_with_max_params_is_refused(vit_run, tmp_path):
-    one_line_error(invoke("extract", vit_run, "--trial", "0", "--max-params", "0.5", "--out", tmp_path / "s"),
-                   "--max-params", "--trial", "--best")
+    one_line_error(invoke("extract", vit_run, "--trial", "0", "--max-params-frac", "0.5", "--out", tmp_path / "s"),
+                   "--max-params-frac", "--trial", "--best")
     assert not (tmp_path / "s").exists()
 
 
 def test_extract_best_with_an_unmet_max_params(vit_run, tmp_path):
-    one_line_error(invoke("extract", vit_run, "--best", "--max-params", "0.001", "--out", tmp_path / "s"),
-                   "no feasible trial within max_params=0.001", "the cheapest scored trial has")
-    with pytest.raises(ValueError, match="max_macs must be a positive number"):
+    one_line_error(invoke("extract", vit_run, "--best", "--max-params-frac", "0.001", "--out", tmp_path / "s"),
+                   "no feasible trial within max_params_frac=0.001", "the cheapest scored trial has")
+    one_line_error(invoke("extract", vit_run, "--best", "--max-params", "0.5", "--out", tmp_path / "s"),
+                   "--max-params must be a number of parameters >= 1", "use --max-params-frac")
+    one_line_error(invoke("extract", vit_run, "--best", "--max-params", "9e9", "--max-params-frac", "0.5", "--out",
+                          tmp_path / "s"), "give one of --max-params", "or --max-params-frac", "not both")
+    assert not (tmp_path / "s" / "config.json").exists()
+    with pytest.raises(ValueError, match="max_macs must be a number of MACs >= 1"):
         constructed_result([{"score": 0.5, "params": 10, "macs": 1}], {"params": 10, "macs": 1}).best(max_macs=-1)
 
 
@@ -520,11 +525,11 @@ def test_extract_refuses_changed_weights(vit_run, tmp_path, monkeypatch):
 @pytest.mark.parametrize("option, value, old", [
     ("--limit", "5", "6"),
     ("--batch-size", "4", "16"),
-    ("--max-params", "0.6", "0.7"),
+    ("--max-params-frac", "0.6", "0.7"),
 ])
 def test_rerun_with_other_settings_is_refused(vit_run, cifar, tmp_path, option, value, old):
     out = copy_run(vit_run, tmp_path)
-    args = vit_args(cifar, out, "--max-params", "0.7")
+    args = vit_args(cifar, out, "--max-params-frac", "0.7")
     i = args.index(option) if option in args else None
     if i is not None:
         args[i + 1] = value
@@ -534,11 +539,28 @@ def test_rerun_with_other_settings_is_refused(vit_run, cifar, tmp_path, option, 
     assert f"{option} {old!r}" in line or f"{option} {float(old)!r}" in line or f"{option} {int(old)!r}" in line
 
 
+def test_run_made_before_budgets_named_their_unit_resumes(vit_run, cifar, tmp_path):
+    """An older run.json has one max_params (0.7: a fraction) and a study name of the older scheme."""
+    out = copy_run(vit_run, tmp_path)
+    spec = json.loads((out / "run.json").read_text())
+    for key in ("max_params_frac", "max_macs", "max_macs_frac", "max_latency_ms"):
+        del spec[key]
+    spec["max_params"] = 0.7
+    (out / "run.json").write_text(json.dumps(spec))
+    one_line_error(invoke(*vit_args(cifar, out, "--max-params", "7000")), "holds another run",
+                   "made with --max-params (not given)", "has --max-params 7000")  # its 0.7 was a fraction
+    res = invoke(*[a if a != "2" else "3" for a in vit_args(cifar, out, "--max-params-frac", "0.7")])
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_csv(out / "trials.csv")) == 3  # resumed: 2 trials before, one more now
+    after = json.loads((out / "run.json").read_text())
+    assert after["study_name"] == spec["study_name"] and after["max_params_frac"] == 0.7 and after["max_params"] is None
+
+
 def test_rerun_with_other_data_is_refused(vit_run, cifar, tmp_path):
     other = tmp_path / "other"
     write_cifar(other, "cifar10", n_test=10, n_train=2, seed=1)
     out = copy_run(vit_run, tmp_path)
-    one_line_error(invoke(*vit_args(other, out, "--max-params", "0.7")), "holds another run", "--data", str(cifar), str(other))
+    one_line_error(invoke(*vit_args(other, out, "--max-params-frac", "0.7")), "holds another run", "--data", str(cifar), str(other))
 
 
 def test_rerun_with_other_num_fewshot_is_refused(tmp_path, monkeypatch, tiny_lm, tokenizer, lastword_task):
@@ -552,7 +574,7 @@ def test_rerun_with_other_num_fewshot_is_refused(tmp_path, monkeypatch, tiny_lm,
 
 def test_rerun_with_other_storage_is_refused(vit_run, cifar, tmp_path):
     out = copy_run(vit_run, tmp_path)
-    one_line_error(invoke(*vit_args(cifar, out, "--max-params", "0.7", "--storage", "sqlite:///study.db")),
+    one_line_error(invoke(*vit_args(cifar, out, "--max-params-frac", "0.7", "--storage", "sqlite:///study.db")),
                    "holds another run", "--storage (not given)", "--storage 'sqlite:///study.db'")
     assert not (out / "study.db").exists()
 
@@ -568,11 +590,21 @@ def test_rerun_with_changed_weights_is_refused(vit_run, cifar, tmp_path, monkeyp
 
     out = copy_run(vit_run, tmp_path)
     monkeypatch.setattr(run_mod, "load_model", perturbed)
-    one_line_error(invoke(*vit_args(cifar, out, "--max-params", "0.7")), "holds another run", "the model's weights changed")
+    one_line_error(invoke(*vit_args(cifar, out, "--max-params-frac", "0.7")), "holds another run", "the model's weights changed")
 
 
-def test_max_params_not_positive(cifar, tmp_path):
-    one_line_error(invoke(*vit_args(cifar, tmp_path / "r", "--max-params", "0")), "--max-params", "positive", "fraction")
+@pytest.mark.parametrize("args, needles", [
+    (["--max-params", "0"], ["--max-params must be a number of parameters >= 1", "got 0.0"]),
+    (["--max-params", "0.5"], ["--max-params must be a number of parameters >= 1", "use --max-params-frac"]),
+    (["--max-params-frac", "1.5"], ["--max-params-frac must be a fraction", "in (0, 1]", "use --max-params"]),
+    (["--max-params-frac", "0"], ["--max-params-frac must be a fraction", "in (0, 1]"]),
+    (["--max-macs", "0.5"], ["--max-macs must be a number of MACs >= 1", "use --max-macs-frac"]),
+    (["--max-macs", "1e9", "--max-macs-frac", "0.5"], ["give one of --max-macs", "or --max-macs-frac", "not both"]),
+    (["--max-latency-ms", "-1"], ["--max-latency-ms must be a positive number of milliseconds"]),
+], ids=["params-0", "params-fraction", "frac-over-1", "frac-0", "macs-fraction", "macs-both", "latency-negative"])
+def test_budget_options_name_their_unit(cifar, tmp_path, args, needles):
+    one_line_error(invoke(*vit_args(cifar, tmp_path / "r", *args)), *needles)
+    assert not (tmp_path / "r" / "run.json").exists()
 
 
 def test_perplexity_data_not_text(tmp_path, monkeypatch, tiny_lm, tokenizer):
@@ -587,10 +619,13 @@ def test_perplexity_data_not_text(tmp_path, monkeypatch, tiny_lm, tokenizer):
 
 def test_failed_command_leaves_nothing_that_blocks_the_corrected_one(cifar, tmp_path):
     out = tmp_path / "r"
-    one_line_error(invoke(*vit_args(cifar, out, "--max-params", "0.01")), "--max-params 0.01", "unreachable",
-                   "allow at least")
+    one_line_error(invoke(*vit_args(cifar, out, "--max-params-frac", "0.01")), "--max-params-frac 0.01", "unreachable",
+                   "allow at least --max-params ")
     assert not (out / "run.json").exists() and not (out / "study.journal").exists()
-    res = invoke(*vit_args(cifar, out, "--max-params", "0.7"))
+    one_line_error(invoke(*vit_args(cifar, out, "--max-params", "100")), "--max-params 100", "unreachable",
+                   "allow at least --max-params ", "or --max-params-frac ")
+    assert not (out / "run.json").exists() and not (out / "study.journal").exists()
+    res = invoke(*vit_args(cifar, out, "--max-params-frac", "0.7"))
     assert res.exit_code == 0, res.output
 
 
@@ -631,8 +666,10 @@ def test_best_breaks_ties_by_params_then_macs_not_trial_number():
         {"score": 0.5, "params": 10, "macs": 1},
     ], reference={"params": 100, "macs": 30})
     assert int(res.best()["number"]) == 2  # the earliest of the tied scores (trial 0) is dominated
-    assert int(res.best(max_params=0.7)["number"]) == 2
-    assert int(res.best(max_params=0.5)["number"]) == 3
+    assert int(res.best(max_params_frac=0.7)["number"]) == 2
+    assert int(res.best(max_params_frac=0.5)["number"]) == 3
+    assert int(res.best(max_params=70)["number"]) == 2  # a count: the same limits
+    assert int(res.best(max_params=50)["number"]) == 3
 
 
 def test_space_canonical_sets_dims_of_dropped_blocks_to_their_largest():
@@ -702,7 +739,7 @@ def test_pareto_shows_one_row_per_subnet_for_stored_non_canonical_configs():
 
 
 def test_full_model_is_the_reference_even_over_budget(tmp_path, monkeypatch):
-    res = search(FakeSupernet(), AgreementEvaluator(), n_trials=8, constraints={"params": 0.4}, show_progress=False)
+    res = search(FakeSupernet(), AgreementEvaluator(), n_trials=8, constraints={"max_params_frac": 0.4}, show_progress=False)
     assert res.reference["score"] == 1.0  # scored although over the budget
     assert not res.trials.iloc[0]["feasible"] and pd.isna(res.trials.iloc[0]["score"])
     table = res.table()

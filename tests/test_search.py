@@ -61,7 +61,7 @@ def test_single_objective_tpe_and_random_and_callable():
 
 
 def test_gp_sampler_runs():
-    res, _, _ = run(5, sampler="gp", constraints={"params": 0.6})
+    res, _, _ = run(5, sampler="gp", constraints={"max_params_frac": 0.6})
     assert isinstance(res.study.sampler, optuna.samplers.GPSampler) and len(res.trials) == 5
 
 
@@ -69,10 +69,10 @@ def test_unreachable_budget_raises_before_any_trial(tmp_path):
     sn, ev = FakeSupernet(), AgreementEvaluator()
     smallest = sn.num_params(sn.space.smallest())
     with pytest.raises(ValueError, match=f"smallest config has {smallest:,}"):
-        search(sn, ev, constraints={"params": smallest - 1}, run_dir=tmp_path, show_progress=False)
+        search(sn, ev, constraints={"max_params": smallest - 1}, run_dir=tmp_path, show_progress=False)
     frac = (smallest - 1) / sn.num_params(sn.space.largest())
     with pytest.raises(ValueError, match="unreachable"):
-        search(sn, ev, constraints={"params": frac}, run_dir=tmp_path, show_progress=False)
+        search(sn, ev, constraints={"max_params_frac": frac}, run_dir=tmp_path, show_progress=False)
     assert ev.calls == 0
     for s in optuna.get_all_study_summaries(optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal")))):
@@ -80,7 +80,7 @@ def test_unreachable_budget_raises_before_any_trial(tmp_path):
 
 
 def test_budget_feasibility_pareto_and_best():
-    res, _, sn = run(25, constraints={"params": 0.4})
+    res, _, sn = run(25, constraints={"max_params_frac": 0.4})
     full = sn.num_params(sn.space.largest())
     df = res.trials
     assert (df["feasible"] == (df["params"] <= 0.4 * full)).all()
@@ -90,27 +90,78 @@ def test_budget_feasibility_pareto_and_best():
     front = res.pareto
     for _, r in df[df["feasible"]].iterrows():
         assert ((front["score"] >= r["score"]) & (front["params"] <= r["params"])).any()
-    b = res.best(max_params=0.25)
+    b = res.best(max_params_frac=0.25)
     assert b["params"] <= 0.25 * full
     ok = df[df["feasible"] & (df["params"] <= 0.25 * full)]
     assert b["score"] == ok["score"].max()
-    b_abs = res.best(max_params=int(0.25 * full) + 1)  # > 1: absolute count
+    b_abs = res.best(max_params=int(0.25 * full) + 1)  # an absolute count
     assert b_abs["params"] <= 0.25 * full + 1
     with pytest.raises(ValueError, match="no feasible trial"):
         res.best(max_params=10)
 
 
+def test_absolute_params_budget_is_a_count():
+    sn0 = FakeSupernet()
+    full, small = sn0.num_params(sn0.space.largest()), sn0.num_params(sn0.space.smallest())
+    count = small + (full - small) // 3  # a count well under the full model, above the smallest
+    res, _, sn = run(20, constraints={"max_params": count})
+    assert res.limits == {"params": count}
+    df = res.trials
+    assert (df["feasible"] == (df["params"] <= count)).all() and df["feasible"].any() and not df["feasible"].all()
+    assert (res.pareto["params"] <= count).all()
+    b = res.best(max_params=count)
+    assert b["params"] <= count and b["score"] == df[df["params"] <= count]["score"].max()
+    # the same limit as a fraction selects the same trial
+    assert int(res.best(max_params_frac=count / full)["number"]) == int(b["number"])
+    cfg = res.config(int(b["number"]))
+    assert sn.num_params(cfg) <= count
+
+
+def test_sub_millisecond_latency_budget(monkeypatch):
+    """0.8 means 0.8 ms (under the old rule it meant 80% of the full model's latency)."""
+    import osf.search.objectives as objectives
+
+    sn, ev = FakeSupernet(), AgreementEvaluator()
+    full = sn.num_params(sn.space.largest())
+    fake_ms = lambda model, inputs: 2.0 * sn.num_params(sn.config) / full  # noqa: E731  (full model: 2 ms)
+    monkeypatch.setattr(objectives, "measure_latency_ms", fake_ms)
+    res = search(sn, ev, n_trials=20, objectives=("score", "latency"), constraints={"max_latency_ms": 0.8},
+                 show_progress=False)
+    assert res.limits == {"latency": 0.8} and res.reference["latency"] == pytest.approx(2.0)
+    df = res.trials
+    assert (df["feasible"] == (df["latency"] <= 0.8)).all() and df["feasible"].any()
+    assert df["latency"].max() > 0.8 * 2.0  # some trials lie between 0.8 ms and 80% of the full model's
+    b = res.best(max_latency_ms=0.8)
+    assert b["latency"] <= 0.8
+    loose = res.best(max_latency_ms=1.9)
+    assert loose["latency"] <= 1.9 and loose["score"] >= b["score"]
+    with pytest.raises(ValueError, match="max_latency_ms 0.01 .* is unreachable: .* allow at least max_latency_ms"):
+        search(FakeSupernet(), ev, n_trials=2, constraints={"max_latency_ms": 0.01}, show_progress=False)
+
+
+def test_best_budget_arguments_are_checked():
+    res, _, _ = run(4)
+    with pytest.raises(ValueError, match="max_params_frac must be a fraction .* got 2; for an absolute count use max_params"):
+        res.best(max_params_frac=2)
+    with pytest.raises(ValueError, match="give one of max_params .* or max_params_frac .* not both"):
+        res.best(max_params=100, max_params_frac=0.5)
+    with pytest.raises(ValueError, match="max_latency_ms: no latency were recorded"):
+        res.best(max_latency_ms=0.8)
+    with pytest.raises(ValueError, match="max_macs must be a number of MACs >= 1"):
+        res.best(max_macs=True)
+
+
 def test_infeasible_configs_can_be_scored_on_request():
-    res, ev, _ = run(10, constraints={"params": 0.4}, evaluate_infeasible=True)
+    res, ev, _ = run(10, constraints={"max_params_frac": 0.4}, evaluate_infeasible=True)
     assert res.trials["score"].notna().all()
-    res2, ev2, _ = run(10, constraints={"params": 0.4})
+    res2, ev2, _ = run(10, constraints={"max_params_frac": 0.4})
     over = res2.trials[~res2.trials["feasible"]]
     assert ev2.calls < ev.calls and len(over) > 0 and over["score"].isna().all()
     assert all(res2.study.trials[n].values[0] == float("-inf") for n in over["number"])
 
 
 def test_macs_and_latency_objectives():
-    res, ev, sn = run(6, objectives=("score", "macs", "latency"), constraints={"latency": 1e6})
+    res, ev, sn = run(6, objectives=("score", "macs", "latency"), constraints={"max_latency_ms": 1e6})
     df = res.trials
     assert (df["latency"] > 0).all()
     for _, r in df.iterrows():
@@ -134,7 +185,7 @@ def test_resume_in_process_runs_only_the_rest(tmp_path):
 
 
 def test_result_files_and_plot(tmp_path):
-    res, _, sn = run(10, constraints={"params": 0.5})
+    res, _, sn = run(10, constraints={"max_params_frac": 0.5})
     res.save(tmp_path)
     assert SearchResultSpace(tmp_path) == sn.space.to_json()
     df = pd.read_csv(tmp_path / "trials.csv")
@@ -155,7 +206,15 @@ def SearchResultSpace(d):
     ({"objectives": ("score", "flops")}, "unknown objective"),
     ({"sampler": "cma"}, "unknown sampler"),
     ({"constraints": {"memory": 0.5}}, "unknown budget"),
-    ({"constraints": {"params": -1}}, "positive"),
+    ({"constraints": {"max_params": -1}}, "max_params must be a number of parameters >= 1"),
+    ({"constraints": {"params": 0.5}}, "'params' alone is ambiguous: use max_params .* or max_params_frac"),
+    ({"constraints": {"max_params_frac": 1.5}}, r"max_params_frac must be a fraction .* in \(0, 1\], got 1.5; for an "
+                                                "absolute count use max_params"),
+    ({"constraints": {"max_params": 0.5}}, "max_params must be a number .*; for a fraction of the original use "
+                                           "max_params_frac"),
+    ({"constraints": {"max_params": 100, "max_params_frac": 0.5}}, "give one of max_params .* or max_params_frac"),
+    ({"constraints": {"max_latency_ms": 0}}, "max_latency_ms must be a positive number of milliseconds, got 0"),
+    ({"constraints": {"max_macs_frac": float("nan")}}, "max_macs_frac must be a fraction"),
     ({"n_trials": 0}, "n_trials"),
 ])
 def test_bad_arguments(kw, msg):

@@ -51,7 +51,9 @@ def test_unwritable_out_dir_is_detected_first(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["--objectives", "score,flops"], "unknown objective"),
     (["--sampler", "cma"], "unknown sampler"),
-    (["--max-params", "-2"], "positive"),
+    (["--max-params", "-2"], "--max-params must be a number of parameters >= 1"),
+    (["--max-params-frac", "2"], "--max-params-frac must be a fraction"),
+    (["--max-latency-ms", "0"], "--max-latency-ms must be a positive number of milliseconds"),
     (["--device", "tpu"], "--device"),
 ])
 def test_bad_options(tmp_path, args, needle):
@@ -69,13 +71,13 @@ def test_search_resume_and_extract_end_to_end(tmp_path):
     write_cifar(tmp_path / "c10", "cifar10", n_test=30)
     out = tmp_path / "run"
     args = ["search", "tiny-vit", "--task", "cifar10", "--data", str(tmp_path / "c10"), "--trials", "6",
-            "--max-params", "0.5", "--out", str(out)]
+            "--max-params-frac", "0.5", "--out", str(out)]
     res = invoke(*args)
     assert res.exit_code == 0, res.output
     for f in ("run.json", "trials.csv", "pareto.json", "space.json", "pareto.png", "study.journal"):
         assert (out / f).is_file(), f
     spec = json.loads((out / "run.json").read_text())
-    assert spec["model"] == "tiny-vit" and spec["task"] == "cifar10" and spec["max_params"] == 0.5
+    assert spec["model"] == "tiny-vit" and spec["task"] == "cifar10" and spec["max_params_frac"] == 0.5 and spec["max_params"] is None
     res = invoke(*[a if a != "6" else "8" for a in args])  # resume to 8 trials
     assert res.exit_code == 0, res.output
     import pandas as pd
@@ -84,7 +86,7 @@ def test_search_resume_and_extract_end_to_end(tmp_path):
     res = invoke("search", "tiny-mamba", "--task", "cifar10", "--data", str(tmp_path / "c10"), "--out", str(out))
     one_line_error(res, "holds another run")
 
-    res = invoke("extract", str(out), "--best", "--max-params", "0.5", "--out", str(tmp_path / "sub"))
+    res = invoke("extract", str(out), "--best", "--max-params-frac", "0.5", "--out", str(tmp_path / "sub"))
     assert res.exit_code == 0, res.output
     from osf.models import load_model
 

@@ -43,7 +43,7 @@ def test_image_accuracy_of_a_trial_equals_the_extracted_model(tmp_path):
     evaluator = ImageAccuracy(f"cifar10:{root}", batch_size=16)
     assert evaluator(sn.model) >= 1 / N_CLASSES + 0.3
     res = osf.search(sn, evaluator, n_trials=5, run_dir=tmp_path / "run", show_progress=False, seed=2,
-                     constraints={"params": 0.7})
+                     constraints={"max_params_frac": 0.7})
     df = res.trials
     scores = set()
     for _, row in df.iterrows():

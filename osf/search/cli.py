@@ -10,7 +10,7 @@ import typer
 
 from osf.search import run as _run
 from osf.search.run import check_task_inputs, read_run, write_run
-from osf.search.storage import JOURNAL_NAME
+from osf.search.storage import JOURNAL_NAME, default_study_name
 
 
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -34,7 +34,13 @@ def search_cmd(
     task: str = typer.Option(..., "--task", help="lm-eval task(s) (comma-separated), cifar10, cifar100, imagenet, imagefolder, or perplexity."),
     out: Path = typer.Option(..., "--out", help="Run folder (study, results); re-run to resume."),
     trials: int = typer.Option(50, "--trials", min=1, help="COMPLETE trials the study ends with."),
-    max_params: Optional[float] = typer.Option(None, "--max-params", help="Budget: <=1 fraction of the original, >1 absolute."),
+    max_params: Optional[float] = typer.Option(None, "--max-params", help="Budget: at most this many parameters."),
+    max_params_frac: Optional[float] = typer.Option(None, "--max-params-frac", help="Budget: at most this fraction "
+                                                    "(0, 1] of the original's parameters."),
+    max_macs: Optional[float] = typer.Option(None, "--max-macs", help="Budget: at most this many MACs."),
+    max_macs_frac: Optional[float] = typer.Option(None, "--max-macs-frac", help="Budget: at most this fraction (0, 1] "
+                                                  "of the original's MACs."),
+    max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Budget: at most this latency (ms)."),
     objectives: str = typer.Option("score,params", "--objectives", help="Comma-separated: score, params, macs, latency."),
     sampler: str = typer.Option("auto", "--sampler", help="auto, nsga2, tpe, random, gp."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL to share the study between workers "
@@ -49,16 +55,15 @@ def search_cmd(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Search MODEL's supernet for the best subnets on TASK."""
-    from osf.search.objectives import check_constraints, check_objectives
+    from osf.search.objectives import check_budgets, check_objectives
     from osf.search.samplers import SAMPLERS
     from osf.search.study import check_run_dir
 
     # every option is checked before anything is loaded or written
     objs = check_objectives(objectives)
-    if max_params is not None and not max_params > 0:
-        raise ValueError(f"--max-params must be a positive number (<= 1: a fraction of the original's parameters, "
-                         f"> 1: a count), got {max_params}")
-    budgets = check_constraints({"params": max_params} if max_params is not None else None)
+    budget_args = {"max_params": max_params, "max_params_frac": max_params_frac, "max_macs": max_macs,
+                   "max_macs_frac": max_macs_frac, "max_latency_ms": max_latency_ms}
+    budgets = check_budgets(budget_args, cli=True)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {list(SAMPLERS)}")
     if limit is not None and limit < 1:
@@ -76,8 +81,7 @@ def search_cmd(
     check_task_inputs(task, data, include_path)
     if num_fewshot is None and task not in _run.BUILTIN_TASKS:
         num_fewshot = 0
-    given = {"model": model, "task": task, "objectives": list(objs), "max_params": max_params, "limit": limit,
-             "storage": storage,
+    given = {"model": model, "task": task, "objectives": list(objs), **budget_args, "limit": limit, "storage": storage,
              "data": str(data.resolve()) if data else None, "batch_size": batch_size, "num_fewshot": num_fewshot,
              "include_path": str(include_path.resolve()) if include_path else None}
     _run.check_run_identity(run_dir, given)  # before the model is loaded: a changed option is refused at once
@@ -93,12 +97,12 @@ def search_cmd(
                                 num_fewshot=num_fewshot)
     _run.check_model_fits_task(task, net, pre, evaluator, model)
     sn = osf.supernet(net)
-    if max_params is not None:
-        _check_params_budget(sn, max_params)
+    _check_params_budget(sn, budgets)
     spec = {
         **given, "space": json.loads(sn.space.to_json()), "weights_sha256": checksum,
         "trials": trials, "sampler": sampler, "seed": seed, "device": device,
-        "study_name": _study_name(model, task, objs, max_params, limit, batch_size, num_fewshot),
+        "study_name": default_study_name(Path(model).name, objs, budgets, sn.space.to_json(), model=model, task=task,
+                                         limit=limit, batch_size=batch_size, num_fewshot=num_fewshot),
     }
     old = _run.check_run_identity(run_dir, spec)
     if old is not None and old.get("study_name"):
@@ -125,15 +129,14 @@ def search_cmd(
     typer.echo(f"results in {run_dir}")
 
 
-def _check_params_budget(sn: Any, max_params: float) -> None:
-    from osf.search.objectives import resolve_limit
+def _check_params_budget(sn: Any, budgets: dict[str, float]) -> None:
+    """A parameter budget the smallest subnet breaks, refused before anything is written (exact and cheap)."""
+    from osf.search.objectives import check_reachable
 
-    full, small = sn.num_params(sn.space.largest()), sn.num_params(sn.space.smallest())
-    limit = resolve_limit(max_params, full)
-    if small > limit:
-        raise ValueError(f"--max-params {max_params:g} ({limit:,.0f} parameters) is unreachable: the smallest subnet has "
-                         f"{small:,} parameters ({small / full:.1%} of the original {full:,}); allow at least "
-                         f"{small / full:.3f} (a fraction) or {small:,} (a count)")
+    params = {a: v for a, v in budgets.items() if a in ("max_params", "max_params_frac")}
+    if params:
+        ends = {"params": float(sn.num_params(sn.space.smallest()))}, {"params": float(sn.num_params(sn.space.largest()))}
+        check_reachable(params, *ends, cli=True)
 
 
 def _check_device(device: str) -> None:
@@ -198,33 +201,33 @@ def _forget_failed_start(run_dir: Path, spec: dict[str, Any], journal_existed: b
         (run_dir / (JOURNAL_NAME + ".lock")).unlink(missing_ok=True)
 
 
-def _study_name(model: str, task: str, objectives: tuple[str, ...], max_params: float | None, limit: int | None = None,
-                batch_size: int = 16, num_fewshot: int | None = None) -> str:
-    # the same for every worker of one run, whatever its --out, so --storage URLs are shared; it changes
-    # with whatever changes a score, so workers with other settings never share a study
-    import hashlib
-
-    key = json.dumps([model, task, list(objectives), max_params, limit, batch_size, num_fewshot])
-    return f"osf-{Path(model).name[:30]}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
-
-
 @_errors
 def extract_cmd(
     run_dir: Path = typer.Argument(..., help="A folder written by `osf search`."),
     out: Path = typer.Option(..., "--out", help="Where to save the subnet."),
     trial: Optional[int] = typer.Option(None, "--trial", help="Trial number to extract."),
-    best: bool = typer.Option(False, "--best", help="Extract the best-scoring trial (within --max-params)."),
-    max_params: Optional[float] = typer.Option(None, "--max-params", help="With --best: <=1 fraction, >1 absolute."),
+    best: bool = typer.Option(False, "--best", help="Extract the best-scoring trial (within the budgets below)."),
+    max_params: Optional[float] = typer.Option(None, "--max-params", help="With --best: at most this many parameters."),
+    max_params_frac: Optional[float] = typer.Option(None, "--max-params-frac", help="With --best: at most this "
+                                                    "fraction (0, 1] of the original's parameters."),
+    max_macs: Optional[float] = typer.Option(None, "--max-macs", help="With --best: at most this many MACs."),
+    max_macs_frac: Optional[float] = typer.Option(None, "--max-macs-frac", help="With --best: at most this fraction "
+                                                  "(0, 1] of the original's MACs."),
+    max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="With --best: at most this latency "
+                                                   "(ms, as measured by the search)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already saved in --out."),
 ) -> None:
     """Extract a subnet found by `osf search` as a real, smaller model."""
     if (trial is None) == (not best):
         raise ValueError("give exactly one of --trial N or --best")
-    if trial is not None and max_params is not None:
-        raise ValueError("--max-params selects among trials with --best; --trial N takes that trial as it is. Use "
-                         "--best --max-params X, or --trial N alone")
-    if max_params is not None and not max_params > 0:
-        raise ValueError(f"--max-params must be a positive number (<= 1: fraction of the original), got {max_params}")
+    from osf.search.objectives import check_budgets, option
+
+    budgets = check_budgets({"max_params": max_params, "max_params_frac": max_params_frac, "max_macs": max_macs,
+                             "max_macs_frac": max_macs_frac, "max_latency_ms": max_latency_ms}, cli=True)
+    if trial is not None and budgets:
+        given = ", ".join(option(a, True) for a in budgets)
+        raise ValueError(f"budgets ({given}) select among trials with --best; --trial N takes that trial as it is. Use "
+                         "--best with the budgets, or --trial N alone")
     spec = read_run(run_dir)
     from osf.search.study import check_run_dir
 
@@ -248,7 +251,7 @@ def extract_cmd(
     result = SearchResult(study=study, space=SearchSpace.from_json(json.dumps(spec["space"])),
                           objectives=tuple(spec["objectives"]), reference=study.user_attrs.get("osf_reference", {}))
     if best:
-        row = result.best(max_params=max_params)
+        row = result.best(**budgets)
         number = int(row["number"])
     else:
         number = int(trial)  # type: ignore[arg-type]

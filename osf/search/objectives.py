@@ -1,11 +1,13 @@
 """Objectives (score and costs) of one config, and budgets on the costs.
 
-Budget rule: a budget value ``<= 1`` is a fraction of the largest config's value
-(``{"params": 0.5}`` = at most half the original parameters); a value ``> 1`` is an
-absolute limit (parameters, MACs, or milliseconds for latency).
+Budgets name their unit: ``max_params`` / ``max_macs`` are absolute counts,
+``max_params_frac`` / ``max_macs_frac`` fractions (0, 1] of the largest config's value,
+``max_latency_ms`` milliseconds. The same names serve ``search(constraints={...})``,
+``SearchResult.best(...)`` and the CLI (``--max-params``, ``--max-params-frac``, ...).
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from typing import Any, Callable, Mapping
@@ -33,18 +35,80 @@ def check_objectives(objectives: tuple[str, ...] | list[str] | str) -> tuple[str
     return objs
 
 
-def check_constraints(constraints: Mapping[str, float] | None) -> dict[str, float]:
-    """Check budget names and values (see the module docstring for the rule)."""
+# budget argument -> (cost, a fraction of the original's cost?)
+BUDGETS = {
+    "max_params": ("params", False), "max_params_frac": ("params", True),
+    "max_macs": ("macs", False), "max_macs_frac": ("macs", True),
+    "max_latency_ms": ("latency", False),
+}
+
+
+def option(arg: str, cli: bool) -> str:
+    """How a budget argument is spelled: ``max_params`` in Python, ``--max-params`` on the command line."""
+    return "--" + arg.replace("_", "-") if cli else arg
+
+
+def check_budgets(budgets: Mapping[str, Any] | None, *, cli: bool = False) -> dict[str, float]:
+    """Budgets checked, ``{argument: value}`` (``None`` values left out).
+
+    Raises ``ValueError`` naming the argument (``--max-params`` style when ``cli``) and what
+    it allows: an unknown name, a value of the wrong unit or sign, or a cost given both ways."""
+    if budgets is not None and not isinstance(budgets, Mapping):
+        raise TypeError(f"constraints must be a dict of budgets such as {{'max_params_frac': 0.5}}, "
+                        f"got {type(budgets).__name__}")
     out: dict[str, float] = {}
-    if constraints is not None and not isinstance(constraints, Mapping):
-        raise TypeError(f"constraints must be a dict of budgets such as {{'params': 0.5}}, got {type(constraints).__name__}")
-    for name, value in (constraints or {}).items():
-        if name not in COSTS:
-            raise ValueError(f"unknown budget {name!r}; budgets can be set on {list(COSTS)}")
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"budget {name!r} must be a positive number (<= 1: fraction of the original), got {value!r}")
-        out[name] = float(value)
+    for arg, value in (budgets or {}).items():
+        if value is None:
+            continue
+        if arg not in BUDGETS:
+            hint = (f"; {arg!r} alone is ambiguous: use max_{arg} (an absolute count) or max_{arg}_frac (a fraction "
+                    "of the original)" if arg in ("params", "macs") else
+                    "; use max_latency_ms (milliseconds)" if arg == "latency" else "")
+            raise ValueError(f"unknown budget {arg!r}; budgets are {', '.join(BUDGETS)}{hint}")
+        cost, frac = BUDGETS[arg]
+        name = option(arg, cli)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if frac:
+            if not number or not 0 < value <= 1:
+                more = (f"; for an absolute count use {option(f'max_{cost}', cli)}"
+                        if number and value > 1 else "")
+                raise ValueError(f"{name} must be a fraction of the original's {UNITS[cost]} in (0, 1], "
+                                 f"got {value!r}{more}")
+        elif cost == "latency":
+            if not number or not value > 0:
+                raise ValueError(f"{name} must be a positive number of milliseconds, got {value!r}")
+        elif not number or not value >= 1:
+            more = (f"; for a fraction of the original use {option(arg + '_frac', cli)}"
+                    if number and 0 < value < 1 else "")
+            raise ValueError(f"{name} must be a number of {UNITS[cost]} >= 1 (an absolute count), got {value!r}{more}")
+        out[arg] = float(value)
+    for cost in ("params", "macs"):
+        if f"max_{cost}" in out and f"max_{cost}_frac" in out:
+            raise ValueError(f"give one of {option(f'max_{cost}', cli)} (a count of {UNITS[cost]}) or "
+                             f"{option(f'max_{cost}_frac', cli)} (a fraction of the original), not both")
     return out
+
+
+def resolve_budgets(budgets: Mapping[str, float], reference: Mapping[str, float]) -> dict[str, float]:
+    """Absolute limit per cost (``{"params": ...}``): fractions are taken of ``reference``."""
+    return {BUDGETS[a][0]: v * reference[BUDGETS[a][0]] if BUDGETS[a][1] else v for a, v in budgets.items()}
+
+
+def check_reachable(budgets: Mapping[str, float], smallest: Mapping[str, float], reference: Mapping[str, float],
+                    *, cli: bool = False) -> None:
+    """Refuse a budget that even the smallest config (costs ``smallest``) breaks, saying what would do."""
+    limits = resolve_budgets(budgets, reference)
+    for arg, value in budgets.items():
+        cost = BUDGETS[arg][0]
+        small, full, limit = smallest[cost], reference[cost], limits[cost]
+        if small <= limit:
+            continue
+        fmt = (lambda v: f"{v:,.0f}") if cost != "latency" else (lambda v: f"{v:.4g}")  # noqa: E731
+        least = (f"{option('max_latency_ms', cli)} {fmt(small)}" if cost == "latency" else
+                 f"{option(f'max_{cost}', cli)} {fmt(small)} or {option(f'max_{cost}_frac', cli)} {small / full:.3f}")
+        raise ValueError(f"{option(arg, cli)} {value:g} ({fmt(limit)} {UNITS[cost]}) is unreachable: the smallest "
+                         f"config has {fmt(small)} {UNITS[cost]} ({small / full:.1%} of the original {fmt(full)}); "
+                         f"allow at least {least}")
 
 
 def check_count(value: Any, name: str, *, allow_none: bool = True, minimum: int = 1, what: str = "") -> Any:
@@ -78,11 +142,6 @@ def check_vocab(tokenizer: Any, model: torch.nn.Module, max_id: int | None = Non
             f"tokenizer has {n:,} tokens but the model's input embedding has {rows:,} rows: token ids >= {rows:,} "
             "cannot be looked up; use the tokenizer the model was trained with"
         )
-
-
-def resolve_limit(value: float, reference: float) -> float:
-    """Absolute limit for a budget ``value``: a fraction of ``reference`` when ``<= 1``."""
-    return value * reference if value <= 1.0 else value
 
 
 def _call(model: torch.nn.Module, inputs: Any) -> Any:

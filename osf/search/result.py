@@ -11,7 +11,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from osf.space import Config, SearchSpace
-from osf.search.objectives import DIRECTIONS, resolve_limit
+from osf.search.objectives import BUDGETS, DIRECTIONS, check_budgets, resolve_budgets
 
 
 @dataclass
@@ -22,7 +22,7 @@ class SearchResult:
         study: the Optuna study.
         space: the searched space.
         objectives: objective names, e.g. ``("score", "params")``.
-        limits: absolute budget per cost (after the fraction rule).
+        limits: absolute budget per cost (fractions taken of ``reference``).
         reference: costs of the largest config (what fractions refer to).
     """
 
@@ -71,29 +71,28 @@ class SearchResult:
         keep = [i for i in range(len(vals)) if not dominated(i)]
         return df.iloc[keep].sort_values("score", ascending=False).reset_index(drop=True)
 
-    def best(self, max_params: float | None = None, max_macs: float | None = None,
+    def best(self, max_params: float | None = None, max_params_frac: float | None = None,
+             max_macs: float | None = None, max_macs_frac: float | None = None,
              max_latency_ms: float | None = None) -> pd.Series:
         """The feasible trial with the best score within the limits.
 
-        Among equal scores the one with fewer parameters wins, then fewer MACs, then lower
-        latency, so the trial returned is never dominated (the trial number decides only
-        between identical results). Limits follow the budget rule: ``<= 1`` is a fraction of the largest config's
-        value, ``> 1`` absolute. Raises ``ValueError`` if no trial fits.
+        ``max_params`` / ``max_macs`` are absolute counts, ``max_params_frac`` /
+        ``max_macs_frac`` fractions in (0, 1] of the full model's, ``max_latency_ms``
+        milliseconds. Among equal scores the one with fewer parameters wins, then fewer MACs,
+        then lower latency, so the trial returned is never dominated (the trial number decides
+        only between identical results). Raises ``ValueError`` for a bad limit or if no trial fits.
         """
+        budgets = check_budgets({"max_params": max_params, "max_params_frac": max_params_frac, "max_macs": max_macs,
+                                 "max_macs_frac": max_macs_frac, "max_latency_ms": max_latency_ms})
         df = self.trials
         df = df[df["feasible"]] if not df.empty else df
         scored = df[df["score"].notna()] if not df.empty else df
         given = []
-        for name, arg, lim in (("params", "max_params", max_params), ("macs", "max_macs", max_macs),
-                               ("latency", "max_latency_ms", max_latency_ms)):
-            if lim is None:
-                continue
-            if isinstance(lim, bool) or not isinstance(lim, (int, float)) or not lim > 0:
-                raise ValueError(f"{arg} must be a positive number (<= 1: a fraction of the full model's, > 1: "
-                                 f"absolute), got {lim!r}")
-            if name not in df.columns or name not in self.reference:
-                raise ValueError(f"no {name} were recorded in this search; add {name!r} to objectives or budgets")
-            absolute = resolve_limit(lim, self.reference[name])
+        for arg, lim in budgets.items():
+            name, frac = BUDGETS[arg]
+            if name not in df.columns or (frac and name not in self.reference):
+                raise ValueError(f"{arg}: no {name} were recorded in this search; add {name!r} to objectives or budgets")
+            absolute = resolve_budgets({arg: lim}, self.reference)[name]
             df = df[df[name] <= absolute + 1e-9]
             least = scored[name].min() if not scored.empty else None
             given.append(f"{arg}={lim:g} ({absolute:,.6g}; the cheapest scored trial has {least:,.6g})"

@@ -18,6 +18,8 @@ REQUIRED_KEYS = ("model", "task", "objectives", "space", "study_name")
 # what makes a run's scores comparable: a change refuses to resume it (key -> how the user sets it)
 IDENTITY = {
     "model": "MODEL", "task": "--task", "objectives": "--objectives", "max_params": "--max-params",
+    "max_params_frac": "--max-params-frac", "max_macs": "--max-macs", "max_macs_frac": "--max-macs-frac",
+    "max_latency_ms": "--max-latency-ms",
     "data": "--data", "limit": "--limit", "batch_size": "--batch-size", "num_fewshot": "--num-fewshot",
     "include_path": "--include-path", "storage": "--storage", "weights_sha256": "the model's weights",
     "space": "the supernet's search space",
@@ -246,7 +248,19 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"{str(path)!r} has a malformed {', '.join(repr(k) for k in bad) or 'objectives/space'} "
                          "(edited?); restore it, or re-run `osf search` into a new --out")
     spec.setdefault("storage", None)
+    _budgets_with_units(spec)
     return spec
+
+
+def _budgets_with_units(spec: dict[str, Any]) -> None:
+    """A run made before budgets named their unit had one ``max_params``: <= 1 a fraction, > 1 a count."""
+    if "max_params_frac" in spec:
+        return
+    old = spec.get("max_params")
+    frac = isinstance(old, (int, float)) and not isinstance(old, bool) and old <= 1
+    spec["max_params"], spec["max_params_frac"] = (None, old) if frac else (old, None)
+    for key in ("max_macs", "max_macs_frac", "max_latency_ms"):
+        spec.setdefault(key, None)
 
 
 def run_storage(run_dir: Path, spec: dict[str, Any]) -> str:

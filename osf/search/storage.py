@@ -137,10 +137,18 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
 
 
-def default_study_name(evaluator_name: str, objectives: tuple[str, ...], constraints: dict[str, float], space_json: str) -> str:
-    """A name derived from what defines the run, so the same call resumes the same study."""
-    key = json.dumps([evaluator_name, list(objectives), sorted(constraints.items()), json.loads(space_json)], sort_keys=True)
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in evaluator_name)[:40]
+def default_study_name(label: str, objectives: tuple[str, ...] | list[str], budgets: dict[str, float], space_json: str,
+                       **settings: Any) -> str:
+    """The study name of a run, ``osf-<label>-<hash>``, for ``osf.search`` and ``osf search`` alike.
+
+    The hash covers what defines the run: ``label`` (the evaluator's name, or the CLI's model),
+    the objectives, the budgets, the space and any other ``settings`` that change a score
+    (the CLI's task, limit, batch size...). So the same call resumes the same study, every
+    worker of one run shares it, and workers with other settings never do.
+    """
+    parts = [label, list(objectives), sorted(budgets.items()), json.loads(space_json)]
+    key = json.dumps(parts + ([sorted(settings.items())] if settings else []), sort_keys=True)
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)[:40]
     return f"osf-{safe}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from osf.space import Config, SearchSpace, config_key
 from osf.search.objectives import (
-    DIRECTIONS, UNITS, CostMeter, check_constraints, check_objectives, evaluate_score, resolve_limit,
+    BUDGETS, DIRECTIONS, CostMeter, check_budgets, check_objectives, check_reachable, evaluate_score, resolve_budgets,
 )
 from osf.search.protocol import Evaluator, SupernetLike, as_evaluator
 from osf.search.result import SearchResult
@@ -82,8 +82,10 @@ def search(
         n_trials: COMPLETE trials the study ends with (a resumed study runs only the rest).
         sampler: ``auto`` (NSGA-II for several objectives, TPE for one), ``nsga2``,
             ``tpe``, ``random``, ``gp``, or an Optuna sampler.
-        constraints: budgets such as ``{"params": 0.5}``: values ``<= 1`` are fractions
-            of the largest config's value, values ``> 1`` absolute.
+        constraints: budgets, any of ``max_params`` / ``max_macs`` (absolute counts),
+            ``max_params_frac`` / ``max_macs_frac`` (fractions in (0, 1] of the largest
+            config's value) and ``max_latency_ms`` (milliseconds), e.g.
+            ``{"max_params_frac": 0.5}`` or ``{"max_latency_ms": 0.8}``.
         storage: Optuna storage or URL (``sqlite:///x.db`` to share a study between
             processes); default a journal file in ``run_dir`` (in memory without one).
         study_name: default derived from the evaluator, objectives, budgets and space.
@@ -98,7 +100,7 @@ def search(
         ValueError: bad arguments, or a budget that even the smallest config breaks.
     """
     objectives = check_objectives(objectives)
-    budgets = check_constraints(constraints)
+    budgets = check_budgets(constraints)
     evaluator = as_evaluator(evaluator)
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
@@ -110,7 +112,7 @@ def search(
     if run_dir is not None:
         run_dir = check_run_dir(run_dir)
     space: SearchSpace = sn.space
-    costs = tuple(dict.fromkeys(["params", *[o for o in objectives if o != "score"], *budgets]))
+    costs = tuple(dict.fromkeys(["params", *[o for o in objectives if o != "score"], *[BUDGETS[b][0] for b in budgets]]))
     meter = CostMeter(sn, evaluator, example_inputs)
 
     name = study_name or default_study_name(evaluator.name, objectives, budgets, space.to_json())
@@ -151,8 +153,9 @@ def _run(sn, evaluator, space, meter, objectives, budgets, costs, n_trials, samp
     if missing:
         reference.update(meter.costs(missing, space.largest()))
         study.set_user_attr("osf_reference", reference)
-    limits = {c: resolve_limit(v, reference[c]) for c, v in budgets.items()}
-    _check_reachable(meter, space, budgets, limits, reference)
+    limits = resolve_budgets(budgets, reference)
+    if budgets:
+        check_reachable(budgets, meter.costs(list(limits), space.smallest()), reference)
     study.set_user_attr("osf_space", space.to_json())
     study.set_user_attr("osf_objectives", list(objectives))
     study.set_user_attr("osf_limits", limits)
@@ -227,18 +230,6 @@ def _interrupted(result: SearchResult, run_dir: Path | None, n_trials: int, resu
 
 def _n_complete(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-
-
-def _check_reachable(meter: CostMeter, space: SearchSpace, budgets: dict, limits: dict, reference: dict) -> None:
-    if not budgets:
-        return
-    small = meter.costs(list(budgets), space.smallest())
-    for c, lim in limits.items():
-        if small[c] > lim:
-            raise ValueError(
-                f"budget {c} <= {budgets[c]:g} ({lim:,.6g} {UNITS[c]}) is unreachable: the smallest config has "
-                f"{small[c]:,.6g} {UNITS[c]} ({small[c] / reference[c]:.1%} of the original {reference[c]:,.6g})"
-            )
 
 
 class _Objective:
