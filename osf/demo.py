@@ -202,7 +202,7 @@ def run_demo(out_dir: str | Path = "osf-demo", trials: int = 20, train_seconds: 
     print(result.table())
     summary: dict[str, Any] = {"full_score": full_score, "full_params": sn.num_params(sn.space.largest()), "train": info}
     try:
-        best = result.best(max_params=0.5)
+        best = result.best(max_params_frac=0.5)
     except ValueError as e:
         print(f"\nno subnet under half the parameters was found: {e}")
         return summary

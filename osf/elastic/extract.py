@@ -1,7 +1,6 @@
 """Extraction: a supernet config as a real, independent, smaller model."""
 from __future__ import annotations
 
-import copy
 import types
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +40,7 @@ def extract(sn: "Supernet", cfg: Config, verify: bool = True) -> nn.Module:
                 full, nn.Parameter) else clone
         for skip in sn.skip_blocks:
             memo[id(skip)] = skip  # removed below
-        sub = copy.deepcopy(sn.model, memo)
+        sub = sn.copy_model(memo)
     dropped = [b.name for b in sn.ir.blocks if not cfg.get(b.name, True)]
     _remove_blocks(sub, sn, dropped)
     from osf.kernels.mamba import unpatch_mamba

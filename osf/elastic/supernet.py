@@ -14,8 +14,8 @@ import contextlib
 import copy as copy_module
 import dataclasses
 import math
-from collections import OrderedDict
-from typing import Any, Iterable, Iterator, Mapping
+import weakref
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -54,25 +54,30 @@ def default_choices(size: int, kind: str) -> list[int]:
     return sorted(out, reverse=True)
 
 
-class Supernet:
-    """A model whose every subnet (config) can be run in place, counted and extracted.
+class Supernet(nn.Module):
+    """A model whose every subnet (config) can be run in place, counted, trained and extracted.
+
+    The supernet is an ``nn.Module`` over the shared full weights: ``parameters()``,
+    ``state_dict()``, ``.to()``, ``.train()``/``.eval()`` and ``DistributedDataParallel`` see
+    them, whatever config is active. The active config's tensors are slices of them taken
+    inside autograd, so ``loss.backward()`` on any subnet accumulates into the shared weights.
 
     Attributes:
-        model: the live model; calling it runs the active subnet.
+        model: the live model; calling it (or the supernet) runs the active subnet.
         ir: the analysis of the model (dims, blocks, attributes).
         space: the search space (:class:`osf.SearchSpace`).
         config: the active config.
     """
 
     def __init__(self, model: nn.Module, ir: IR, space: SearchSpace, example_inputs: Any):
-        self.model = model
+        super().__init__()
+        object.__setattr__(self, "model", model)  # not a registered child: its slots hold the slices
         self.ir = ir
         self.space = space
         self.example_inputs = example_inputs
-        self._full: dict[str, torch.Tensor] = {name: get_tensor(model, name) for name in ir.tensor_axes}
         self._aliases: dict[str, list[str]] = {}
         for alias, canonical in ir.tied.items():
-            if canonical in self._full:
+            if canonical in ir.tensor_axes:
                 self._aliases.setdefault(canonical, []).append(alias)
         leaf_to_dim = {d.var: d.name for d in ir.dims.values()}
         self._tensor_dims: dict[str, list[str]] = {}
@@ -80,54 +85,107 @@ class Supernet:
             dims = sorted({leaf_to_dim[l] for v in vars_ for l in ir.alg.leaves(v) if l in leaf_to_dim})
             if dims:
                 self._tensor_dims[name] = dims
-        self._views: dict[tuple, torch.Tensor] = {}
-        self._gathered: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._gathered_bytes = 0
-        # gathered slices are copies: cache at most half the model's size of them
-        self._gathered_budget = sum(t.numel() * t.element_size() for t in self._full.values()) // 2
         self._layers: dict[str, nn.Module] = {b.name: model.get_submodule(b.name) for b in ir.blocks}
         self._skips: dict[str, SkipBlock] = {}
         self._block_index = {b.name: b for b in ir.blocks}
         owners = {n.rpartition(".")[0] for n in ir.tensor_axes} | {a.module for a in ir.attrs}
         for alias in ir.tied:
             owners.add(alias.rpartition(".")[0])
-        self._modules = {p: model.get_submodule(p) if p else model for p in sorted(owners)}
+        self._modules_by_path = {p: model.get_submodule(p) if p else model for p in sorted(owners)}
+        self._read_full_weights()
         self.config: Config = space.largest()
-        self._installed: dict[str, tuple] = {}
+        # a tensor someone changes in place (an optimizer step) makes its slices stale: the
+        # model re-slices those before each forward, however it is called
+        self._refresh_handle = model.register_forward_pre_hook(_RefreshSlices(self))
+
+    def _read_full_weights(self) -> None:
+        """(Re)read the shared full tensors from the model (at the largest config) and register
+        every parameter once, under the model's own names."""
+        self._full: dict[str, torch.Tensor] = {name: get_tensor(self.model, name) for name in self.ir.tensor_axes}
+        self._slices: dict[tuple, _Slice] = {}  # (name, sizes) -> its slice
+        self._gathered_bytes = 0
+        # gathered slices are copies: cache at most half the model's size of them
+        self._gathered_budget = sum(t.numel() * t.element_size() for t in self._full.values()) // 2
+        self._installed: dict[str, tuple[tuple, torch.Tensor]] = {}  # name -> (sizes, installed tensor)
+        self._live: list[str] = []  # installed names that hold a slice, not the full tensor
+        self._autograd = False  # which form of the slices is installed (see _Slice)
+        self._trainable = any(t.requires_grad for t in self._full.values())
+        self._parameters.clear()
+        seen: set[int] = set()
+        for name, p in self.model.named_parameters(remove_duplicate=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                self._parameters[name] = p
 
     # ------------------------------------------------------------------ running
-    def __call__(self, *args, **kwargs):
+    def forward(self, *args, **kwargs):
+        """Run the active subnet (the model's own forward)."""
         return self.model(*args, **kwargs)
 
     def __getattr__(self, name: str):
-        # delegate the model's API (generate, device, config of an HF model...) to the model
-        if name.startswith("_") or name in ("model", "ir", "space", "config", "example_inputs"):
-            raise AttributeError(name)
-        return getattr(self.model, name)
+        # nn.Module's registries first, then the model's API (generate, device, config...)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_") or "model" not in self.__dict__:
+                raise
+        return getattr(self.__dict__["model"], name)
 
-    def parameters(self) -> Iterator[torch.Tensor]:
-        """The full shared weights (what an optimizer should hold)."""
-        seen = set()
-        for t in self._full.values():
-            if isinstance(t, nn.Parameter) and id(t) not in seen:
-                seen.add(id(t))
-                yield t
-        for p in self.model.parameters():
-            if isinstance(p, nn.Parameter) and id(p) not in seen and p.requires_grad:
-                seen.add(id(p))
-                yield p
+    def train(self, mode: bool = True) -> "Supernet":
+        """Set training mode on the model, dropped layers included."""
+        super().train(mode)
+        self.model.train(mode)
+        for layer in self._layers.values():
+            layer.train(mode)
+        return self
+
+    @contextlib.contextmanager
+    def _at_largest(self, reread: bool = False) -> Iterator[None]:
+        """Run a block with the full tensors in the model; with ``reread`` the block may replace
+        or convert them, and they are read (and registered) again before slicing."""
+        active = self.config
+        self.set_config(self.space.largest())
+        try:
+            yield
+        finally:
+            if reread:
+                self._read_full_weights()
+            self.set_config(active)
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to(), .double(), .cuda()...: convert the full model, then slice the converted weights
+        with self._at_largest(reread=True):
+            self.model._apply(fn)
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Supernet":
+        """Set ``requires_grad`` on every shared weight."""
+        with self._at_largest(reread=True):
+            self.model.requires_grad_(requires_grad)
+        return self
+
+    def state_dict(self, *args, **kwargs):
+        """The full model's state dict (shared weights, the model's own names)."""
+        with self._at_largest():
+            return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Load full weights (as :meth:`state_dict` gives them) into the shared tensors, in place."""
+        if assign:
+            raise ValueError("load_state_dict(assign=True) would replace the shared tensors; use assign=False")
+        with self._at_largest():
+            return self.model.load_state_dict(state_dict, strict=strict)
 
     def set_config(self, cfg: Mapping[str, Any]) -> None:
         """Make ``cfg`` the active subnet (validated; see :meth:`SearchSpace.validate`)."""
         cfg = self.space.validate(cfg)
         sizes = {d: cfg[d] for d in self.space.dims}
+        self._autograd = False  # between forwards the model holds Parameters, as HF utilities expect
         for name, dims in self._tensor_dims.items():
             key = tuple(sizes.get(d, self.ir.dims[d].size) for d in dims)
-            if self._installed.get(name) == key:
-                continue
-            self._install(name, self._view(name, dims, key))
-            self._installed[name] = key
-        apply_attributes(self.ir, sizes, self.model, self._modules)
+            self._install(name, key)
+        self._live = [name for name, (_, tensor) in self._installed.items() if tensor is not self._full[name]]
+        apply_attributes(self.ir, sizes, self.model, self._modules_by_path)
         for b in self.ir.blocks:
             parent = self.model.get_submodule(b.stack) if b.stack else self.model
             keep = cfg.get(b.name, True)
@@ -135,6 +193,27 @@ class Supernet:
             if parent[b.index] is not want:
                 parent[b.index] = want
         self.config = cfg
+
+    def refresh(self) -> None:
+        """Make the installed slices current before a forward (the model calls this itself):
+        slices taken inside autograd when gradients are on, and slices of full weights that
+        changed in place (an optimizer step) taken again."""
+        autograd = self._trainable and torch.is_grad_enabled()
+        switch = autograd != self._autograd
+        self._autograd = autograd
+        for name in self._live:
+            key, tensor = self._installed[name]
+            owner, _, leaf = name.rpartition(".")
+            mod = self._modules_by_path[owner]
+            held = mod._parameters[leaf] if leaf in mod._parameters else mod._buffers.get(leaf)
+            full = self._full[name]
+            if held is not tensor or held.dtype != full.dtype or held.device != full.device:
+                raise RuntimeError(f"the model's tensor {name!r} was replaced behind the supernet's back (by "
+                                   "sn.model.to(), .half() or an assignment?): convert and load weights through "
+                                   "the supernet (sn.to(...), sn.load_state_dict(...)) so every subnet stays "
+                                   "a slice of the shared weights")
+            if switch or self._slices[(name, key)].version != full._version:
+                self._install(name, key)
 
     @contextlib.contextmanager
     def use(self, cfg: Mapping[str, Any]):
@@ -146,52 +225,63 @@ class Supernet:
         finally:
             self.set_config(previous)
 
-    def _view(self, name: str, dims: list[str], key: tuple) -> torch.Tensor:
-        """The slice of tensor ``name`` for ``key`` (the sizes of its dims).
-
-        Prefix slices are views of the shared storage and are cached; a slice that keeps
-        several sub-ranges (both halves of a fused projection) has to be gathered.
-        """
-        cache_key = (name, key)
-        view = self._views.get(cache_key)
-        if view is None:
-            view = self._gathered.get(cache_key)
-            if view is not None:
-                self._gathered.move_to_end(cache_key)
-        if view is not None:
-            return view
+    def _install(self, name: str, key: tuple) -> None:
+        """Put the slice of ``name`` for ``key`` in its module (and in those that tie it)."""
         full = self._full[name]
-        sel = {d: torch.arange(k) for d, k in zip(dims, key) if k != self.ir.dims[d].size}
-        if not sel:
-            return full  # the original tensor itself
-        view = full.detach()
-        gathered = False
-        for axis in range(full.dim()):
-            pos = self.ir.positions(name, axis, sel) if sel else None
-            if pos is not None:
-                view, copied = select_positions(view, axis, pos)
-                gathered |= copied
-        if isinstance(full, nn.Parameter):
-            # a Parameter over the shared storage, so HF utilities (tie_weights...) see parameters
-            view = nn.Parameter(view, requires_grad=full.requires_grad)
-        if not gathered:
-            self._views[cache_key] = view
-        else:  # copies (both halves of a fused projection) are kept within a memory budget
-            self._gathered[cache_key] = view
-            self._gathered_bytes += view.numel() * view.element_size()
-            while self._gathered_bytes > self._gathered_budget and len(self._gathered) > 1:
-                _, old = self._gathered.popitem(last=False)
-                self._gathered_bytes -= old.numel() * old.element_size()
-        return view
-
-    def _install(self, name: str, tensor: torch.Tensor) -> None:
+        if all(k == self.ir.dims[d].size for d, k in zip(self._tensor_dims[name], key)):
+            tensor = full
+        else:
+            piece = self._slices.get((name, key))
+            if piece is None or piece.version != full._version:
+                piece = self._take_slice(name, key)
+            tensor = piece.graph if self._autograd else piece.plain
+        installed = self._installed.get(name)
+        if installed is not None and installed[1] is tensor:
+            return
+        self._installed[name] = (key, tensor)
         for n in [name] + self._aliases.get(name, []):
             owner, _, leaf = n.rpartition(".")
-            mod = self._modules[owner]
+            mod = self._modules_by_path[owner]
             if leaf in mod._parameters:
                 mod._parameters[leaf] = tensor
             else:
                 mod._buffers[leaf] = tensor
+
+    def _take_slice(self, name: str, key: tuple) -> "_Slice":
+        """Slice the full tensor ``name`` to ``key`` (the sizes of its dims) and cache it.
+
+        A contiguous prefix is a view of the shared storage; a slice that keeps several
+        sub-ranges (both halves of a fused projection) is gathered, i.e. copied, within a
+        memory budget, and taken again once the full tensor changes.
+        """
+        full = self._full[name]
+        sel = {d: torch.arange(k) for d, k in zip(self._tensor_dims[name], key) if k != self.ir.dims[d].size}
+        cache_key = (name, key)
+        if cache_key in self._slices:
+            self._forget(cache_key)
+        view, gathered = full, False
+        with torch.inference_mode(False), torch.set_grad_enabled(full.requires_grad):
+            for axis in range(full.dim()):
+                pos = self.ir.positions(name, axis, sel)
+                if pos is not None:
+                    view, copied = select_positions(view, axis, pos)
+                    gathered |= copied
+        plain = view.detach()
+        if isinstance(full, nn.Parameter):
+            plain = nn.Parameter(plain, requires_grad=full.requires_grad)
+        piece = _Slice(view, plain, full._version, view.numel() * view.element_size() if gathered else 0)
+        self._slices[cache_key] = piece
+        self._gathered_bytes += piece.nbytes
+        if self._gathered_bytes > self._gathered_budget:  # oldest copies out first, never installed ones
+            for old in [k for k, v in self._slices.items() if v.nbytes and k != cache_key]:
+                if self._installed.get(old[0], (None,))[0] != old[1]:
+                    self._forget(old)
+                if self._gathered_bytes <= self._gathered_budget:
+                    break
+        return piece
+
+    def _forget(self, cache_key: tuple) -> None:
+        self._gathered_bytes -= self._slices.pop(cache_key).nbytes
 
     def full(self, name: str) -> torch.Tensor:
         """The shared full-size tensor ``name`` (what every config slices)."""
@@ -203,6 +293,11 @@ class Supernet:
         return list(self._tensor_dims)
 
     @property
+    def blocks(self) -> list[nn.Module]:
+        """The droppable layers (the real modules, dropped or not), in model order."""
+        return list(self._layers.values())
+
+    @property
     def skip_blocks(self) -> list[nn.Module]:
         """The identity modules that stand in for dropped layers (made on first use)."""
         return list(self._skips.values())
@@ -210,7 +305,17 @@ class Supernet:
     def current(self, name: str) -> torch.Tensor:
         """The tensor ``name`` as the active config sees it (a slice of the shared one)."""
         owner, _, leaf = name.rpartition(".")
-        return getattr(self._modules[owner], leaf)
+        return getattr(self._modules_by_path[owner], leaf)
+
+    def copy_model(self, memo: dict[int, Any] | None = None) -> nn.Module:
+        """A deep copy of the live model without the supernet's hook (``memo`` as for
+        :func:`copy.deepcopy`)."""
+        memo = {} if memo is None else memo
+        hook = self.model._forward_pre_hooks[self._refresh_handle.id]
+        memo[id(hook)] = hook
+        out = copy_module.deepcopy(self.model, memo)
+        out._forward_pre_hooks.pop(self._refresh_handle.id, None)
+        return out
 
     def _skip(self, name: str) -> SkipBlock:
         if name not in self._skips:
@@ -282,6 +387,41 @@ class Supernet:
 
     def __repr__(self) -> str:
         return f"Supernet({type(self.model).__name__}, {self.space!r})"
+
+
+class _Slice(NamedTuple):
+    """One cached slice of a full tensor, in its two forms: ``graph`` is taken inside
+    autograd (gradients reach the full tensor; installed for forwards with gradients on),
+    ``plain`` is a Parameter over the same memory (installed otherwise: Hugging Face
+    utilities such as ``tie_weights`` need real Parameters)."""
+
+    graph: torch.Tensor
+    plain: torch.Tensor
+    version: int  # the full tensor's version when sliced
+    nbytes: int  # memory it holds of its own (a gathered copy), else 0
+
+
+class _RefreshSlices:
+    """The model's forward pre-hook: re-slice what changed in place (weakly bound, so copies
+    and pickles of the model do not drag the supernet along)."""
+
+    def __init__(self, sn: Supernet):
+        self.supernet = weakref.ref(sn)
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        sn = self.supernet()
+        if sn is not None:
+            sn.refresh()
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        return (_noop_hook, ())
+
+
+def _noop_hook() -> Any:
+    return lambda module, args: None
 
 
 def _use_osf_kernels(model: nn.Module) -> None:

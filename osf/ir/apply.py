@@ -82,11 +82,20 @@ def select_positions(t: torch.Tensor, axis: int, pos: torch.Tensor) -> tuple[tor
     The one slicing rule of OSF (the live supernet and every model built from an IR use it):
     a contiguous prefix is a view (``narrow``, shared storage); anything else (both halves of
     a fused projection, heads x a shorter head_dim) is gathered.
+
+    The gather concatenates contiguous runs: unlike ``index_select``, its backward keeps no
+    tensor, so a gathered slice can be backpropagated through again (a supernet trains).
     """
     n = pos.numel()
     if n and int(pos[0]) == 0 and int(pos[-1]) == n - 1 and (n == 1 or bool((pos[1:] - pos[:-1] == 1).all())):
         return t.narrow(axis, 0, n), False
-    return t.index_select(axis, pos.to(t.device)), True
+    if n == 0:
+        return t.narrow(axis, 0, 0), False
+    breaks = (torch.nonzero(pos[1:] - pos[:-1] != 1).flatten() + 1).tolist()
+    starts = [0] + breaks
+    ends = breaks + [n]
+    runs = [t.narrow(axis, int(pos[a]), b - a) for a, b in zip(starts, ends)]
+    return torch.cat(runs, dim=axis), True
 
 
 def apply_attributes(ir: IR, sizes: Mapping[str, int], model: nn.Module,
