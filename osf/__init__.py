@@ -7,9 +7,10 @@ from osf.elastic import Supernet, supernet
 from osf.elastic.io import load_subnet, save_subnet
 from osf.elastic.verify import VerificationError
 from osf.space import Config, SearchSpace
+from osf.training import TrainConfig, TrainData, load_train_data, train
 from osf import search  # noqa: E402  (callable: osf.search(sn, evaluator, ...))
 
 __version__ = "0.1.0"
 
 __all__ = ["Config", "SearchSpace", "Supernet", "VerificationError", "supernet", "search", "save_subnet", "load_subnet",
-           "__version__"]
+           "train", "TrainConfig", "TrainData", "load_train_data", "__version__"]
