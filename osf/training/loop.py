@@ -80,6 +80,7 @@ def train(supernet: Any, data: Any, config: TrainConfig | None = None, out_dir: 
     try:
         with checkpoint_blocks(supernet.blocks, config.gradient_checkpointing):
             for step in range(start + 1, config.steps + 1):
+                optimizer.zero_grad(set_to_none=True)
                 row = _sandwich_step(supernet, data, config, kind, step, rank, world, micro, device, autocast)
                 average_gradients(params)
                 if config.clip_grad:
