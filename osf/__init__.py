@@ -3,7 +3,7 @@
 Turn a trained model into a weight-sharing supernet, search it for the best smaller
 subnets under a budget, and get back real, smaller models.
 """
-from osf.elastic import Supernet, supernet
+from osf.elastic import Supernet, SupernetConfig, load_supernet, supernet
 from osf.elastic.io import load_subnet, save_subnet
 from osf.elastic.verify import VerificationError
 from osf.space import Config, SearchSpace
@@ -12,5 +12,5 @@ from osf import search  # noqa: E402  (callable: osf.search(sn, evaluator, ...))
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "SearchSpace", "Supernet", "VerificationError", "supernet", "search", "save_subnet", "load_subnet",
-           "train", "TrainConfig", "TrainData", "load_train_data", "__version__"]
+__all__ = ["Config", "SearchSpace", "Supernet", "SupernetConfig", "VerificationError", "supernet", "load_supernet",
+           "search", "save_subnet", "load_subnet", "train", "TrainConfig", "TrainData", "load_train_data", "__version__"]

@@ -65,7 +65,9 @@ BUILTIN: dict[str, Callable[[], nn.Module]] = {
 
 
 def load_model(name: str, seed: int = 0) -> nn.Module:
-    """A model by name: a built-in tiny model, a local Hugging Face folder, or a hub id.
+    """A model by name: a built-in tiny model, a supernet checkpoint folder (written by
+    ``sn.save_pretrained``; an :class:`osf.Supernet` is returned, restored with
+    :func:`osf.load_supernet`), a local Hugging Face folder, or a hub id.
 
     Raises:
         ValueError: the name is none of these, with the built-in names listed.
@@ -77,14 +79,19 @@ def load_model(name: str, seed: int = 0) -> nn.Module:
         return BUILTIN[name]().eval()
     path = Path(name)
     if path.exists():
+        from osf.elastic.checkpoint import is_checkpoint, load_supernet
+
+        if is_checkpoint(path):
+            return load_supernet(path)
         if not (path / "config.json").is_file():
-            raise ValueError(f"{name!r} is a path but holds no config.json: not a Hugging Face model folder")
+            raise ValueError(f"{name!r} is a path but holds no config.json nor osf_supernet.json: not a Hugging Face "
+                             "model folder nor a supernet checkpoint (sn.save_pretrained)")
         return _auto_load(name)
     if name.count("/") == 1 and all(part and not part.startswith(".") for part in name.split("/")):
         return _auto_load(name)
     raise ValueError(
         f"unknown model {name!r}: expected a built-in name ({', '.join(BUILTIN)}), a local Hugging Face "
-        "folder, or a hub id such as 'state-spaces/mamba-130m-hf'"
+        "folder, a supernet checkpoint folder, or a hub id such as 'state-spaces/mamba-130m-hf'"
     )
 
 

@@ -15,7 +15,7 @@ import copy as copy_module
 import dataclasses
 import math
 import weakref
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -29,6 +29,9 @@ from osf.ir.apply import SkipBlock, apply_attributes, get_tensor, permute_dims, 
 from osf.ir.inputs import default_inputs
 from osf.ir.ir import HEAD_DIM, HEADS, RANK, STATE
 from osf.space import Config, SearchSpace
+
+if TYPE_CHECKING:
+    from osf.elastic.config import SupernetConfig
 
 FRACTIONS = (1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8)
 
@@ -385,6 +388,20 @@ class Supernet(nn.Module):
         cfg = self.space.validate(cfg) if cfg is not None else self.config
         return extract(self, cfg, verify=verify)
 
+    # ------------------------------------------------------------ checkpoints
+    #: the effective :class:`osf.SupernetConfig` the supernet was built (or loaded) with
+    build_config: "SupernetConfig | None" = None
+
+    def save_pretrained(self, save_directory: Any, tokenizer: Any = None, *, overwrite: bool = False) -> Any:
+        """Save the supernet as a checkpoint folder that :func:`osf.load_supernet` restores
+        exactly, without re-analysing importance: the shared full weights (in importance order,
+        whatever config is active), the model's Hugging Face ``config.json``, the tokenizer when
+        given, and ``osf_supernet.json`` (build config, search space with the block drop order,
+        dims, model class, dtype). See :func:`osf.elastic.checkpoint.save_supernet`."""
+        from osf.elastic.checkpoint import save_supernet
+
+        return save_supernet(self, save_directory, tokenizer=tokenizer, overwrite=overwrite)
+
     def __repr__(self) -> str:
         return f"Supernet({type(self.model).__name__}, {self.space!r})"
 
@@ -465,67 +482,97 @@ def build_space(ir: IR, block_order: list[str] | None = None, depth: bool = True
     return SearchSpace(dims=dims, stacks=stacks, min_depth=min_depth)
 
 
-def supernet(model: nn.Module, example_inputs: Any = None, *, space: Any = None, importance: str = "magnitude",
-             calibration: Iterable[Any] | None = None, depth: bool = True, copy: bool = False,
-             kernels: bool = True, verify: bool = True) -> Supernet:
+def supernet(model: nn.Module, example_inputs: Any = None, config: "SupernetConfig | None" = None, *,
+             space: Any = None, importance: str | None = None, calibration: Iterable[Any] | None = None,
+             depth: bool | None = None, copy: bool = False, kernels: bool | None = None,
+             verify: bool | None = None) -> Supernet:
     """Turn ``model`` into a weight-sharing supernet, in place.
 
     Args:
         model: a trained model (Hugging Face or any ``nn.Module``).
         example_inputs: inputs for tracing (Hugging Face models get defaults from their config).
+        config: a :class:`osf.SupernetConfig` holding the build settings below; the keyword
+            arguments given override its fields (left out, a field keeps the config's value, or
+            the default shown here without a config).
         space: overrides of the default choices: glob patterns on dim names, e.g.
             ``{"*:d_inner": [4096, 3072, 2048], "*:d_state": [16, 8]}``, or a JSON/YAML path.
-        importance: ``"magnitude"`` (no data) or ``"activation"`` (needs ``calibration``).
+        importance: ``"magnitude"`` (default; no data) or ``"activation"`` (needs ``calibration``).
         calibration: an iterable of model inputs for activation and block importance.
-        depth: make residual layers droppable (keeping at least half of each stack).
+        depth: make residual layers droppable, keeping at least half of each stack (default True).
         copy: build on a deep copy and leave ``model`` untouched.
         kernels: run Hugging Face Mamba mixers through :mod:`osf.kernels` (the fused CUDA
-            scan when ``mamba_ssm`` is present, OSF's own scans otherwise).
+            scan when ``mamba_ssm`` is present, OSF's own scans otherwise; default True).
         verify: check that the largest config reproduces the original model's outputs on the
             example inputs and on a second input shape; on a mismatch raise
-            :class:`osf.VerificationError` naming the dim at fault.
+            :class:`osf.VerificationError` naming the dim at fault (default True).
 
     Returns:
-        A :class:`Supernet` whose largest config is the original model.
+        A :class:`Supernet` whose largest config is the original model; ``sn.build_config``
+        is the effective :class:`osf.SupernetConfig`.
     """
+    from osf.elastic.config import SupernetConfig
     from osf.elastic.validate import check_supernet_args  # bad input: one clear line; train mode: a warning
 
     if isinstance(model, Supernet):
         raise InputTypeError("model is already an osf Supernet: use it as it is (sn.set_config, sn.extract, "
                              "osf.search), or pass the original model to build another one")
-    check_supernet_args(model, example_inputs, space, calibration, depth=depth, copy=copy, kernels=kernels,
-                        verify=verify)
+    if config is not None and not isinstance(config, SupernetConfig):
+        raise InputTypeError(f"config must be an osf.SupernetConfig (or None), got {type(config).__name__}")
+    base = config if config is not None else SupernetConfig()
+    given = {"space": space, "importance": importance, "depth": depth, "kernels": kernels, "verify": verify}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    flags = {k: overrides.get(k, getattr(base, k)) for k in ("depth", "kernels", "verify")}
+    check_supernet_args(model, example_inputs, overrides.get("space", base.space), calibration, depth=flags["depth"],
+                        copy=copy, kernels=flags["kernels"], verify=flags["verify"])
+    importance = overrides.get("importance", base.importance)
     if importance not in IMPORTANCE_METHODS:
         raise ValueError(f"importance must be one of {IMPORTANCE_METHODS}, got {importance!r}")
     if importance == "activation" and calibration is None:
         raise ValueError("importance='activation' needs calibration batches (an iterable of model inputs)")
+    calibration = list(calibration) if calibration is not None else None
+    overrides["calibration_batches"] = len(calibration) if calibration is not None else None
+    build_config = dataclasses.replace(base, **overrides)
     if copy:
         model = copy_module.deepcopy(model)
+    return _build(model, example_inputs, build_config, calibration)
+
+
+def _build(model: nn.Module, example_inputs: Any, config: "SupernetConfig", calibration: list[Any] | None = None, *,
+           restore: SearchSpace | None = None, check_ir: Any = None) -> Supernet:
+    """The one build of a supernet (arguments already checked).
+
+    With ``restore`` (a saved supernet's space, drop order included) the weights are taken to be
+    in importance order already: no importance pass, no permutation, the space as given.
+    ``check_ir(ir)`` (if given) may refuse the analysis before anything is built."""
     if example_inputs is None:
         example_inputs = default_inputs(model)
     with eval_mode(model):
         ir = analyze(model, _first_samples(example_inputs))
-        reference = verify_module.Reference.from_trace(ir.graph.meta["osf"]) if verify else None
+        if check_ir is not None:
+            check_ir(ir)
+        reference = verify_module.Reference.from_trace(ir.graph.meta["osf"]) if config.verify else None
         if not ir.dims and not ir.blocks:
             raise ValueError(f"{type(model).__name__} has no elastic dims and no droppable blocks: "
                              "nothing to search (see `osf inspect` for why)")
-        space_obj = build_space(ir, None, depth=depth)
-        if space is not None:
-            space_obj = space_obj.restrict(space)
-        # a dim kept whole by space= is not reordered: pinning it keeps a doubtful dim out entirely
-        permuted = [d for d in ir.dims if len(space_obj.dims[d]) > 1]
-        calibration = list(calibration) if calibration is not None else None
-        scores = (activation_importance(ir, calibration, model) if importance == "activation"
-                  else magnitude_importance(ir, model))
-        permute_dims(ir, {d: torch.argsort(scores[d], descending=True, stable=True) for d in permuted})
-        block_scores = block_importance(ir, calibration or [example_inputs], model) if ir.blocks else {}
-        if kernels:
+        if restore is not None:
+            space_obj, permuted = restore, []
+        else:
+            space_obj = build_space(ir, None, depth=config.depth)
+            if config.space is not None:
+                space_obj = space_obj.restrict(config.space)
+            # a dim kept whole by space= is not reordered: pinning it keeps a doubtful dim out entirely
+            permuted = [d for d in ir.dims if len(space_obj.dims[d]) > 1]
+            scores = (activation_importance(ir, calibration, model) if config.importance == "activation"
+                      else magnitude_importance(ir, model))
+            permute_dims(ir, {d: torch.argsort(scores[d], descending=True, stable=True) for d in permuted})
+            block_scores = block_importance(ir, calibration or [example_inputs], model) if ir.blocks else {}
+            order = sorted(block_scores, key=lambda b: block_scores[b])
+            # the stacks now list blocks in drop order; the dims and depth floors stay as restricted
+            space_obj = dataclasses.replace(space_obj, stacks=build_space(ir, order, depth=config.depth).stacks)
+        if config.kernels:
             _use_osf_kernels(model)
-        order = sorted(block_scores, key=lambda b: block_scores[b])
-        # the stacks now list blocks in drop order; the dims and depth floors stay as restricted
-        space_obj = dataclasses.replace(space_obj, stacks=build_space(ir, order, depth=depth).stacks)
         sn = Supernet(model, ir, space_obj, example_inputs)
+        sn.build_config = config
         if reference is not None:
             verify_module.check_build(sn, reference, permuted)
     return sn
-

@@ -30,7 +30,8 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @_errors
 def search_cmd(
-    model: str = typer.Argument(..., help="Local HF folder, hub id, or built-in tiny model name."),
+    model: str = typer.Argument(..., help="Local HF folder, supernet checkpoint folder (sn.save_pretrained), hub id, "
+                                "or built-in tiny model name."),
     task: str = typer.Option(..., "--task", help="lm-eval task(s) (comma-separated), cifar10, cifar100, imagenet, imagefolder, or perplexity."),
     out: Path = typer.Option(..., "--out", help="Run folder (study, results); re-run to resume."),
     trials: int = typer.Option(50, "--trials", min=1, help="COMPLETE trials the study ends with."),
@@ -90,16 +91,19 @@ def search_cmd(
     import osf.search as osf_search
 
     net, pre = _run.load_model(model)
-    _run.check_model_kind(task, net, model)
+    loaded = net if isinstance(net, osf.Supernet) else None  # MODEL is a supernet checkpoint folder
+    plain = loaded.model if loaded is not None else net
+    _run.check_model_kind(task, plain, model)
     checksum = _run.weights_checksum(net)
     net.to(device)
     evaluator = _run.build_evaluator(task, pre, data=data, include_path=include_path, limit=limit, batch_size=batch_size,
                                 num_fewshot=num_fewshot)
-    _run.check_model_fits_task(task, net, pre, evaluator, model)
-    sn = osf.supernet(net)
+    _run.check_model_fits_task(task, plain, pre, evaluator, model)
+    sn = loaded if loaded is not None else osf.supernet(net)
     _check_params_budget(sn, budgets)
     spec = {
         **given, "space": json.loads(sn.space.to_json()), "weights_sha256": checksum,
+        _run.SUPERNET_CONFIG_KEY: sn.build_config.to_dict(),
         "trials": trials, "sampler": sampler, "seed": seed, "device": device,
         "study_name": default_study_name(Path(model).name, objs, budgets, sn.space.to_json(), model=model, task=task,
                                          limit=limit, batch_size=batch_size, num_fewshot=num_fewshot),
@@ -240,14 +244,23 @@ def extract_cmd(
     from osf.space import SearchSpace
 
     study = _load_study(run_dir, spec)
+    build_config = _run.supernet_config(spec, run_dir)  # before the model is loaded: a bad run.json fails at once
     net, pre = _run.load_model(spec["model"])
     if spec.get("weights_sha256") and _run.weights_checksum(net) != spec["weights_sha256"]:
         raise ValueError(f"the weights of model {spec['model']!r} changed since the search in {str(run_dir)!r} (checksum "
                          "differs): its scores and configs describe other weights; search again, or extract from the "
                          "model the search used")
-    sn = osf.supernet(net)
-    if json.loads(sn.space.to_json()) != spec["space"]:
-        raise ValueError(f"the supernet of {spec['model']!r} no longer has the space recorded in {run_dir}/run.json")
+    if isinstance(net, osf.Supernet):
+        sn = net  # a supernet checkpoint: restored as saved, space and all
+    else:
+        if build_config.importance == "activation":
+            raise ValueError(f"the supernet of {str(run_dir)!r} was built with activation importance from calibration "
+                             "batches, which are not saved: save that supernet with sn.save_pretrained and search and "
+                             "extract from the checkpoint folder")
+        sn = osf.supernet(net, config=build_config)  # built as the search built it
+    if json.loads(sn.space.to_json()) != spec["space"]:  # a guard: the study's configs must fit this supernet
+        raise ValueError(f"the supernet of {spec['model']!r} no longer has the space recorded in {run_dir}/run.json "
+                         "(another osf version?); extract with the osf version that ran the search")
     result = SearchResult(study=study, space=SearchSpace.from_json(json.dumps(spec["space"])),
                           objectives=tuple(spec["objectives"]), reference=study.user_attrs.get("osf_reference", {}))
     if best:

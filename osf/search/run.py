@@ -1,7 +1,9 @@
 """A search run on disk: ``run.json`` (what to rebuild), the study, and result files.
 
-``run.json`` records the model spec, the task and the search arguments, so
-``osf extract RUN_DIR`` can rebuild the same supernet and read the study.
+``run.json`` records the model spec, the task, the search arguments and the supernet's
+build settings (``supernet_config``, an :class:`osf.SupernetConfig`), so ``osf extract RUN_DIR``
+can rebuild the same supernet (or restore it, when the model is a supernet checkpoint folder)
+and read the study.
 """
 from __future__ import annotations
 
@@ -24,6 +26,24 @@ IDENTITY = {
     "include_path": "--include-path", "storage": "--storage", "weights_sha256": "the model's weights",
     "space": "the supernet's search space",
 }
+
+
+SUPERNET_CONFIG_KEY = "supernet_config"  # how the run's supernet was built (osf.SupernetConfig.to_dict())
+
+
+def supernet_config(spec: dict[str, Any], run_dir: str | Path) -> Any:
+    """The :class:`osf.SupernetConfig` a run's supernet was built with; runs made before it was
+    recorded were built with the defaults."""
+    from osf.elastic.config import SupernetConfig
+
+    data = spec.get(SUPERNET_CONFIG_KEY)
+    if data is None:
+        return SupernetConfig()
+    try:
+        return SupernetConfig.from_dict(data)
+    except ValueError as e:
+        raise ValueError(f"{str(Path(run_dir) / RUN_FILE)!r} has a malformed {SUPERNET_CONFIG_KEY!r} ({e}) (edited?); "
+                         "restore it, or re-run `osf search` into a new --out") from None
 
 
 def load_model(name: str) -> tuple[Any, Any]:
