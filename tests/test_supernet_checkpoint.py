@@ -157,13 +157,17 @@ def test_checkpoint_describes_the_supernet(saved):
     assert (saved["tiny-mamba"] / "config.json").is_file() and not (saved["gpt"] / "config.json").exists()
 
 
-def test_tokenizer_is_saved_with_the_checkpoint(tmp_path, tokenizer):
+def test_tokenizer_is_saved_and_a_checkpoint_is_replaced_but_not_another_model(tmp_path, tokenizer):
     sn = _trained("tiny-vit")
     sn.save_pretrained(tmp_path / "c", tokenizer=tokenizer)
     assert (tmp_path / "c" / "tokenizer_config.json").is_file()
+    sn.save_pretrained(tmp_path / "c")  # saving a checkpoint again (as training does) replaces it, stale tokenizer too
+    assert not (tmp_path / "c" / "tokenizer_config.json").exists() and osf.load_supernet(tmp_path / "c").space == sn.space
+    build("tiny-vit")[0].save_pretrained(tmp_path / "hf")
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        sn.save_pretrained(tmp_path / "c")
-    sn.save_pretrained(tmp_path / "c", overwrite=True)
+        sn.save_pretrained(tmp_path / "hf")
+    sn.save_pretrained(tmp_path / "hf", overwrite=True)
+    assert osf.load_supernet(tmp_path / "hf").space == sn.space
 
 
 # ------------------------------------------------------------------------------ errors

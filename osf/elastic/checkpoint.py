@@ -39,11 +39,12 @@ _REQUIRED = ("format", "model_class", "supernet_config", "space", "dims", "ties"
 def save_supernet(sn: Any, path: str | Path, tokenizer: Any = None, *, overwrite: bool = False) -> Path:
     """Write the supernet ``sn`` as a checkpoint folder (see the module docstring).
 
-    The full weights are saved whatever config is active. ``overwrite`` replaces a model
-    (a checkpoint, a subnet) already in the folder; without it such a folder is refused.
+    The full weights are saved whatever config is active. A supernet checkpoint already in the
+    folder is replaced (its files removed first, a stale tokenizer included); another model there
+    (a Hugging Face model, a subnet) is refused unless ``overwrite`` is true.
 
     Raises:
-        osf.errors.FolderNotEmptyError: ``path`` holds a model and ``overwrite`` is false.
+        osf.errors.FolderNotEmptyError: ``path`` holds another model and ``overwrite`` is false.
     """
     from safetensors.torch import save_file
 
@@ -57,9 +58,8 @@ def save_supernet(sn: Any, path: str | Path, tokenizer: Any = None, *, overwrite
     if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):
         raise InputTypeError(f"tokenizer must have save_pretrained (a Hugging Face tokenizer or processor), "
                              f"got {type(tokenizer).__name__}")
-    if isinstance(path, (str, Path)) and Path(path).is_dir() and (Path(path) / META_FILE).is_file() and not overwrite:
-        raise FolderNotEmptyError(f"{str(path)!r} already holds a supernet checkpoint ({META_FILE}): choose an empty "
-                                  "folder, or pass overwrite=True to replace it")
+    if isinstance(path, (str, Path)) and is_checkpoint(path) and overwrite is False:
+        overwrite = True  # a supernet checkpoint is replaced (saving one again, as training does); other models are not
     try:
         path = prepare_save_folder(path, overwrite)
     except FolderNotEmptyError as e:

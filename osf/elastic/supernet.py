@@ -397,7 +397,9 @@ class Supernet(nn.Module):
         exactly, without re-analysing importance: the shared full weights (in importance order,
         whatever config is active), the model's Hugging Face ``config.json``, the tokenizer when
         given, and ``osf_supernet.json`` (build config, search space with the block drop order,
-        dims, model class, dtype). See :func:`osf.elastic.checkpoint.save_supernet`."""
+        dims, model class, dtype). A checkpoint already in the folder is replaced; another
+        model there is refused unless ``overwrite=True``. See
+        :func:`osf.elastic.checkpoint.save_supernet`."""
         from osf.elastic.checkpoint import save_supernet
 
         return save_supernet(self, save_directory, tokenizer=tokenizer, overwrite=overwrite)
