@@ -32,9 +32,12 @@ def inspect(
     from osf.ir import TraceError
     from osf.models import load_model
 
+    import osf
+
     try:
         m = load_model(model)
-        _, report = inspect_model(m)
+        # a supernet checkpoint: its model as analysed (reordered weights), on its own example inputs
+        _, report = inspect_model(m.model, m.example_inputs) if isinstance(m, osf.Supernet) else inspect_model(m)
     except (ValueError, TraceError, FileNotFoundError) as e:
         fail(str(e))
     if as_json:
@@ -50,6 +53,15 @@ def main() -> None:
 from osf.search.cli import register as _register_search  # noqa: E402
 
 _register_search(app)
+
+
+def _register_train(app: typer.Typer) -> None:
+    from osf.training.cli import train_cmd
+
+    app.command("train")(train_cmd)
+
+
+_register_train(app)
 
 if __name__ == "__main__":
     main()
