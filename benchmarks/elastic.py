@@ -4,8 +4,9 @@
 
 For a random-init Mamba at the 130M configuration (batch 1, 256 tokens) and ViT-Base
 (batch 8): forward time of the supernet at a config / forward time of the extracted
-subnet (largest, smallest, 3 random configs), config switch time, extraction time, and
-peak memory of building the supernet / memory of the model.
+subnet (largest, smallest, 3 random configs), without gradients and as a training step
+(forward + backward; the supernet's gradients flow into its shared full weights), config
+switch time, extraction time, and peak memory of building the supernet / memory of the model.
 """
 from __future__ import annotations
 
@@ -49,6 +50,11 @@ def timed_pair(f, g, repeats: int) -> tuple[float, float]:
     return statistics.median(tf), statistics.median(tg)
 
 
+def train_step(model, inputs) -> None:
+    """Forward and backward (gradients kept from step to step: no optimizer in the timing)."""
+    model(**inputs).logits.float().mean().backward()
+
+
 def _proc_status(key: str) -> float:
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
@@ -83,7 +89,8 @@ def main() -> None:
 
     console = Console(width=150)
     fwd = Table(title=f"forward: supernet at config / extracted subnet (CPU, {torch.get_num_threads()} threads)")
-    for col in ("model", "config", "params", "supernet ms", "extracted ms", "ratio"):
+    for col in ("model", "config", "params", "supernet ms", "extracted ms", "ratio", "train: supernet ms",
+                "extracted ms", "ratio "):
         fwd.add_column(col, justify="left" if col in ("model", "config") else "right")
     ops = Table(title="switch, extraction and memory")
     for col in ("model", "switch ms", "extract s", "model MB", "peak RSS while building / model RSS"):
@@ -103,8 +110,9 @@ def main() -> None:
                 patch_mamba(sub)
             with torch.no_grad():
                 t_sn, t_sub = timed_pair(lambda: sn(**inputs), lambda: sub(**inputs), repeats)
+            g_sn, g_sub = timed_pair(lambda: train_step(sn, inputs), lambda: train_step(sub, inputs), repeats)
             fwd.add_row(name, label, f"{sn.num_params(cfg) / 1e6:.1f}M", f"{t_sn * 1e3:.1f}", f"{t_sub * 1e3:.1f}",
-                        f"{t_sn / t_sub:.3f}")
+                        f"{t_sn / t_sub:.3f}", f"{g_sn * 1e3:.1f}", f"{g_sub * 1e3:.1f}", f"{g_sn / g_sub:.3f}")
             del sub
             gc.collect()
         cfgs = [sn.space.sample(100 + s) for s in range(20)]

@@ -153,7 +153,7 @@ def load_or_train(seconds: float = 90.0, cache: str | Path | None = None, show_p
     if (model_dir / "config.json").is_file():
         model = MambaForCausalLM.from_pretrained(str(model_dir)).eval()
         info = json.loads((model_dir / "osf_train.json").read_text())
-        return model, tokenizer, {**info, "cached": True}
+        return model, tokenizer, {**info, "cached": True, "key": key}
     torch.manual_seed(0)
     model = MambaForCausalLM(demo_config(len(tokenizer), **config_overrides))
     info = train_lm(model, token_blocks(train, tokenizer), seconds=seconds, max_steps=max_steps, show_progress=show_progress)
@@ -166,19 +166,65 @@ def load_or_train(seconds: float = 90.0, cache: str | Path | None = None, show_p
         shutil.rmtree(tmp)
     else:
         tmp.replace(model_dir)  # atomic: a killed run never leaves a half-written model
-    return model, tokenizer, {**info, "cached": False}
+    return model, tokenizer, {**info, "cached": False, "key": key}
+
+
+# ------------------------------------------------------ supernet training
+def load_or_train_supernet(model, tokenizer, base_key: str, steps: int = 100, cache: str | Path | None = None,
+                           show_progress: bool = True) -> tuple[Any, dict[str, Any]]:
+    """``(supernet, info)``: the demo model's supernet trained with :func:`osf.train` (sandwich
+    rule, in-place distillation) on the demo's training texts, then loaded from ``cache``."""
+    import copy
+    import shutil
+
+    import osf
+    from osf.training import TrainConfig, TrainData
+
+    config = TrainConfig(steps=steps, batch_size=16, lr=2e-3, warmup_steps=max(steps // 10, 1) if steps > 1 else 0,
+                         num_random=2, eval_every=max(steps // 2, 1), save_every=0, eval_batches=4, seed=0)
+    root = Path(cache) if cache is not None else cache_dir()
+    key = hashlib.sha1(json.dumps([base_key, config.to_dict()], sort_keys=True).encode()).hexdigest()[:8]
+    folder = root / f"supernet-{key}"
+    if (folder / "osf_supernet.json").is_file():
+        info = json.loads((folder / "osf_train.json").read_text())
+        return osf.load_supernet(folder), {**info, "cached": True}
+    train_texts, _ = load_corpus()
+    blocks = token_blocks(train_texts, tokenizer)
+    held = torch.Generator().manual_seed(1)
+    order = torch.randperm(len(blocks), generator=held)
+    n_val = max(len(blocks) // 20, 16)  # validation blocks come from the training texts, never the held-out ones
+    data = TrainData("lm", {"input_ids": blocks[order[n_val:]]}, {"input_ids": blocks[order[:n_val]]},
+                     "demo training texts")
+    sn = osf.supernet(copy.deepcopy(model))
+    t0 = time.perf_counter()
+    result = osf.train(sn, data, config, progress=show_progress)
+    info = {"steps": steps, "seconds": time.perf_counter() - t0,
+            **{k: v for k, v in result.history[-1].items() if k.startswith("val/")}}
+    tmp = root / f".supernet-{key}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    sn.save_pretrained(tmp, tokenizer=tokenizer)
+    (tmp / "osf_train.json").write_text(json.dumps(info))
+    if folder.exists():  # another process finished first
+        shutil.rmtree(tmp)
+    else:
+        tmp.replace(folder)
+    return sn, {**info, "cached": False}
 
 
 # --------------------------------------------------------------- the demo
 def run_demo(out_dir: str | Path = "osf-demo", trials: int = 20, train_seconds: float = 90.0, limit: int | None = None,
-             n_passages: int = 100, max_steps: int | None = None, show_progress: bool = True, **config_overrides: Any):
-    """Train (or load) the demo LM, build its supernet, search it, save the best half-size subnet.
+             n_passages: int = 100, max_steps: int | None = None, supernet_steps: int = 100, show_progress: bool = True,
+             **config_overrides: Any):
+    """Train (or load) the demo LM, build its supernet, search it zero-shot, train the supernet
+    (or load it), search it again, and save the best half-size subnet of the trained one.
 
-    Returns a summary dict (full model score, best subnet under half the parameters,
-    paths). ``train_seconds``/``max_steps``/``limit`` keep tests short.
+    Returns a summary dict (full model score, best subnets under half the parameters with and
+    without supernet training, paths). ``train_seconds``/``max_steps``/``supernet_steps``/
+    ``limit`` keep tests short.
     """
+    import copy
+
     import osf
-    import osf.search as osf_search
     from osf.search.lmeval import LMEval
     from osf.search.tasks import make_lastword_task
 
@@ -194,24 +240,46 @@ def run_demo(out_dir: str | Path = "osf-demo", trials: int = 20, train_seconds: 
     full_score = evaluator(model)
     print(f"full model: last-word accuracy {full_score:.3f} on {n_passages if limit is None else limit} held-out passages")
 
-    sn = osf.supernet(model)
-    result = osf_search.search(sn, evaluator, n_trials=trials, run_dir=out_dir / "run", show_progress=show_progress)
-    result.save(out_dir / "run")
-    result.plot_pareto(out_dir / "run" / "pareto.png")
-    print("\nPareto front (score = last-word accuracy):")
-    print(result.table())
-    summary: dict[str, Any] = {"full_score": full_score, "full_params": sn.num_params(sn.space.largest()), "train": info}
-    try:
-        best = result.best(max_params_frac=0.5)
-    except ValueError as e:
-        print(f"\nno subnet under half the parameters was found: {e}")
+    print("\n1. zero-shot: the supernet of the trained model, searched as it is")
+    zero_shot = osf.supernet(copy.deepcopy(model))
+    summary: dict[str, Any] = {"full_score": full_score, "full_params": zero_shot.num_params(zero_shot.space.largest()),
+                               "train": info}
+    zs_best = _search_half(zero_shot, evaluator, out_dir / "run-zero-shot", trials, show_progress)
+    if zs_best is not None:
+        summary.update(zero_shot_score=float(zs_best["score"]), zero_shot_params=int(zs_best["params"]))
+
+    print("\n2. trained: the supernet trained with osf.train (sandwich rule, in-place distillation), searched")
+    sn, sn_info = load_or_train_supernet(model, tokenizer, info["key"], steps=supernet_steps, show_progress=show_progress)
+    print("supernet: " + ("loaded from cache" if sn_info.get("cached") else
+                          f"trained {sn_info['steps']} steps in {sn_info['seconds']:.0f} s"))
+    summary["supernet_train"] = sn_info
+    best = _search_half(sn, evaluator, out_dir / "run", trials, show_progress)
+    if best is None:
         return summary
-    cfg = json.loads(best["config"])
-    sub = sn.extract(cfg)
+    sub = sn.extract(json.loads(best["config"]))
     osf.save_subnet(sub, out_dir / "subnet", overwrite=True)  # a rerun replaces its own subnet
     tokenizer.save_pretrained(str(out_dir / "subnet"))
-    print(f"\nfull model      : score {full_score:.3f}, {summary['full_params']:,} parameters")
-    print(f"best subnet <50%: score {best['score']:.3f}, {int(best['params']):,} parameters "
-          f"(trial {int(best['number'])}) -> {out_dir / 'subnet'}")
     summary.update(best_score=float(best["score"]), best_params=int(best["params"]), subnet=str(out_dir / "subnet"))
+    print(f"\nlast-word accuracy on held-out passages ({summary['full_params']:,} parameters in the full model):")
+    print(f"full model                 : {full_score:.3f}")
+    if zs_best is not None:
+        print(f"best subnet <50%, zero-shot: {zs_best['score']:.3f}  ({int(zs_best['params']):,} parameters)")
+    print(f"best subnet <50%, trained  : {best['score']:.3f}  ({int(best['params']):,} parameters) -> {out_dir / 'subnet'}")
     return summary
+
+
+def _search_half(sn, evaluator, run_dir: Path, trials: int, show_progress: bool):
+    """Search ``sn`` (resuming in ``run_dir``), show its front; the best row under half the
+    parameters, or None."""
+    import osf.search as osf_search
+
+    result = osf_search.search(sn, evaluator, n_trials=trials, run_dir=run_dir, show_progress=show_progress)
+    result.save(run_dir)
+    result.plot_pareto(run_dir / "pareto.png")
+    print("Pareto front (score = last-word accuracy):")
+    print(result.table())
+    try:
+        return result.best(max_params_frac=0.5)
+    except ValueError as e:
+        print(f"no subnet under half the parameters was found: {e}")
+        return None

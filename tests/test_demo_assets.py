@@ -105,7 +105,8 @@ def test_run_demo_end_to_end(tmp_path, monkeypatch, capsys):
     import osf
 
     monkeypatch.setenv("OSF_CACHE_DIR", str(tmp_path / "cache"))
-    summary = demo.run_demo(tmp_path / "out", trials=4, max_steps=2, limit=4, n_passages=10, show_progress=False,
+    summary = demo.run_demo(tmp_path / "out", trials=4, max_steps=2, supernet_steps=2, limit=4, n_passages=10,
+                            show_progress=False,
                             hidden_size=64, num_hidden_layers=6, state_size=8)
     # with tied 1k x 64 embeddings, keeping 1 of 6 layers is under half the parameters
     out = capsys.readouterr().out
@@ -116,4 +117,10 @@ def test_run_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert 0.0 <= summary["full_score"] <= 1.0
     sub = osf.load_subnet(summary["subnet"])
     assert sum(p.numel() for p in sub.parameters()) == summary["best_params"] <= 0.5 * summary["full_params"]
-    assert "best subnet <50%" in out
+    assert "best subnet <50%, zero-shot" in out and "best subnet <50%, trained" in out
+    assert len(__import__("pandas").read_csv(tmp_path / "out" / "run-zero-shot" / "trials.csv")) == 4
+    assert not summary["supernet_train"]["cached"]
+    # the trained supernet is cached like the base model: a second run loads it
+    again = demo.run_demo(tmp_path / "out", trials=4, max_steps=2, supernet_steps=2, limit=4, n_passages=10,
+                          show_progress=False, hidden_size=64, num_hidden_layers=6, state_size=8)
+    assert again["supernet_train"]["cached"] and again["best_score"] == summary["best_score"]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from osf.elastic.importance import eval_mode
-from osf.ir.apply import get_tensor, remove_layers, renumber
+from osf.ir.apply import get_tensor, remove_blocks, renumber
 from osf.space import Config
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def extract(sn: "Supernet", cfg: Config, verify: bool = True) -> nn.Module:
             memo[id(skip)] = skip  # removed below
         sub = sn.copy_model(memo)
     dropped = [b.name for b in sn.ir.blocks if not cfg.get(b.name, True)]
-    _remove_blocks(sub, sn, dropped)
+    remove_blocks(sub, dropped)
     from osf.kernels.mamba import unpatch_mamba
 
     unpatch_mamba(sub)  # a plain model of its class: patch it again with osf.kernels.mamba.patch_mamba
@@ -98,16 +98,6 @@ def _changed_shapes(sn: "Supernet", cfg: Config) -> dict[str, list[int]]:
         if shape != list(sn.full(name).shape):
             out[name] = shape
     return out
-
-
-def _remove_blocks(sub: nn.Module, sn: "Supernet", dropped: list[str]) -> None:
-    """Shrink layer lists and renumber the ``layer_idx`` HF caches index by."""
-    by_stack: dict[str, set[int]] = {}
-    for b in sn.ir.blocks:
-        if b.name in dropped:
-            by_stack.setdefault(b.stack, set()).add(b.index)
-    for stack, indices in by_stack.items():
-        remove_layers(sub, stack, indices)
 
 
 def _check_all_from_supernet(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[str]) -> None:

@@ -20,7 +20,7 @@ from osf.elastic.extract import META_ATTR
 from osf.elastic.validate import (check_config_matches_weights, check_subnet_folder, prepare_save_folder, read_meta,
                                   read_safetensors)
 from osf.errors import InputTypeError
-from osf.ir.apply import is_non_persistent, remove_layers, set_tensor, sync_module_attributes, tied_names
+from osf.ir.apply import is_non_persistent, remove_blocks, set_tensor, sync_module_attributes, tied_names
 
 META_FILE = "osf_subnet.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -90,7 +90,7 @@ def load_subnet(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     for a in meta["attributes"]:
         setattr(model.get_submodule(a["module"]) if a["module"] else model, a["attr"], a["value"])
     sync_module_attributes(model)
-    _drop(model, meta["dropped"])
+    remove_blocks(model, meta["dropped"])
     state = _read_weights(path)
     if (path / "config.json").is_file() and hasattr(model, "config"):
         try:
@@ -125,15 +125,6 @@ def _build_original(meta: dict[str, Any]) -> nn.Module:
     cls = getattr(importlib.import_module(module), name)
     config = cls.config_class.from_dict(meta["original_config"])
     return cls(config)
-
-
-def _drop(model: nn.Module, dropped: list[str]) -> None:
-    by_stack: dict[str, set[int]] = {}
-    for name in dropped:
-        stack, _, idx = name.rpartition(".")
-        by_stack.setdefault(stack, set()).add(int(idx))
-    for stack, indices in by_stack.items():
-        remove_layers(model, stack, indices)
 
 
 def _copy_fields(dst: Any, src: Any) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, NamedTuple
 import torch
 from torch import nn
 
-from osf.elastic import verify as verify_module
+import osf.elastic.verify as verify_module
 from osf.elastic.importance import (IMPORTANCE_METHODS, activation_importance, block_importance, eval_mode,
                                     magnitude_importance)
 from osf.errors import InputTypeError

@@ -7,7 +7,7 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
-from osf.ir import rules as module_rules
+import osf.ir.rules as module_rules
 from osf.ir.context import PREFIX as _PREFIX
 from osf.ir.context import Context, relative_path as _rel
 from osf.ir.ir import IR, AttrBinding, Block, Dim, Member

@@ -195,6 +195,17 @@ def remove_layers(model: nn.Module, stack: str, indices: set[int]) -> None:
                 mod.layer_idx = new_idx
 
 
+def remove_blocks(model: nn.Module, names: Iterable[str]) -> None:
+    """Drop the layers named ``names`` (``"<stack>.<index>"``, as IR blocks are named),
+    each stack once, with :func:`remove_layers`."""
+    by_stack: dict[str, set[int]] = {}
+    for name in names:
+        stack, _, idx = name.rpartition(".")
+        by_stack.setdefault(stack, set()).add(int(idx))
+    for stack, indices in by_stack.items():
+        remove_layers(model, stack, indices)
+
+
 def renumber(ir: IR, name: str, dropped: Collection[str]) -> str:
     """Where ``name`` (a module or tensor path of the full model) sits once ``dropped`` are gone."""
     for stack, blocks in ir.stacks.items():

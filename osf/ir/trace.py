@@ -28,7 +28,7 @@ import torch.fx as fx
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from osf.ir import rules as module_rules
+import osf.ir.rules as module_rules
 
 _TENSOR_METHODS = {name for name in dir(torch.Tensor)}
 # Calls that neither compute tensors nor sizes that vary with the input: not recorded.

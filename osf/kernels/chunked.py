@@ -15,7 +15,7 @@ from torch import Tensor
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from osf.kernels import reference
+import osf.kernels.reference as reference
 from osf.kernels.reference import compute_dtype, finish, prepare_delta
 
 DEFAULT_CHUNK = 64

@@ -14,7 +14,7 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
-from osf.kernels import chunked
+import osf.kernels.chunked as chunked
 from osf.kernels.reference import compute_dtype
 
 

@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from osf.search import run as _run
+import osf.search.run as run_module
 from osf.search.run import check_task_inputs, read_run, write_run
 from osf.search.storage import JOURNAL_NAME, default_study_name
 
@@ -73,42 +73,42 @@ def search_cmd(
         raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")
     if num_fewshot is not None and num_fewshot < 0:
         raise ValueError(f"--num-fewshot must be 0 or more, got {num_fewshot}")
-    if num_fewshot is not None and (task in _run.BUILTIN_TASKS):
+    if num_fewshot is not None and (task in run_module.BUILTIN_TASKS):
         raise ValueError(f"--num-fewshot applies to lm-eval tasks only, not to --task {task}")
     _check_device(device)
     run_dir = check_run_dir(out, "--out")
     if storage is not None:
         _check_storage(storage, run_dir)
     check_task_inputs(task, data, include_path)
-    if num_fewshot is None and task not in _run.BUILTIN_TASKS:
+    if num_fewshot is None and task not in run_module.BUILTIN_TASKS:
         num_fewshot = 0
     given = {"model": model, "task": task, "objectives": list(objs), **budget_args, "limit": limit, "storage": storage,
              "data": str(data.resolve()) if data else None, "batch_size": batch_size, "num_fewshot": num_fewshot,
              "include_path": str(include_path.resolve()) if include_path else None}
-    _run.check_run_identity(run_dir, given)  # before the model is loaded: a changed option is refused at once
+    run_module.check_run_identity(run_dir, given)  # before the model is loaded: a changed option is refused at once
 
     import osf
     import osf.search as osf_search
 
-    net, pre = _run.load_model(model)
+    net, pre = run_module.load_model(model)
     loaded = net if isinstance(net, osf.Supernet) else None  # MODEL is a supernet checkpoint folder
     plain = loaded.model if loaded is not None else net
-    _run.check_model_kind(task, plain, model)
-    checksum = _run.weights_checksum(net)
+    run_module.check_model_kind(task, plain, model)
+    checksum = run_module.weights_checksum(net)
     net.to(device)
-    evaluator = _run.build_evaluator(task, pre, data=data, include_path=include_path, limit=limit, batch_size=batch_size,
+    evaluator = run_module.build_evaluator(task, pre, data=data, include_path=include_path, limit=limit, batch_size=batch_size,
                                 num_fewshot=num_fewshot)
-    _run.check_model_fits_task(task, plain, pre, evaluator, model)
+    run_module.check_model_fits_task(task, plain, pre, evaluator, model)
     sn = loaded if loaded is not None else osf.supernet(net)
     _check_params_budget(sn, budgets)
     spec = {
         **given, "space": json.loads(sn.space.to_json()), "weights_sha256": checksum,
-        _run.SUPERNET_CONFIG_KEY: sn.build_config.to_dict(),
+        run_module.SUPERNET_CONFIG_KEY: sn.build_config.to_dict(),
         "trials": trials, "sampler": sampler, "seed": seed, "device": device,
         "study_name": default_study_name(Path(model).name, objs, budgets, sn.space.to_json(), model=model, task=task,
                                          limit=limit, batch_size=batch_size, num_fewshot=num_fewshot),
     }
-    old = _run.check_run_identity(run_dir, spec)
+    old = run_module.check_run_identity(run_dir, spec)
     if old is not None and old.get("study_name"):
         spec["study_name"] = old["study_name"]  # the study this run folder already holds
         if not storage:
@@ -181,7 +181,7 @@ def _check_study_present(run_dir: Path, spec: dict[str, Any]) -> None:
 
     names = optuna.get_all_study_names(make_storage(str(journal), None))
     if names and spec["study_name"] not in names:
-        raise ValueError(f"{str(run_dir / _run.RUN_FILE)!r} names study {spec['study_name']!r}, but {JOURNAL_NAME} "
+        raise ValueError(f"{str(run_dir / run_module.RUN_FILE)!r} names study {spec['study_name']!r}, but {JOURNAL_NAME} "
                          f"holds {names} (run.json edited?); restore the study name, or choose a new --out")
 
 
@@ -192,14 +192,14 @@ def _forget_failed_start(run_dir: Path, spec: dict[str, Any], journal_existed: b
     from osf.search.storage import make_storage
 
     try:
-        storage = make_storage(_run.run_storage(run_dir, spec), None)
+        storage = make_storage(run_module.run_storage(run_dir, spec), None)
         study = optuna.load_study(study_name=spec["study_name"], storage=storage)
         done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     except Exception:
         done = 0
     if done:
         return
-    (run_dir / _run.RUN_FILE).unlink(missing_ok=True)
+    (run_dir / run_module.RUN_FILE).unlink(missing_ok=True)
     if not journal_existed and not spec.get("storage"):
         (run_dir / JOURNAL_NAME).unlink(missing_ok=True)
         (run_dir / (JOURNAL_NAME + ".lock")).unlink(missing_ok=True)
@@ -244,9 +244,9 @@ def extract_cmd(
     from osf.space import SearchSpace
 
     study = _load_study(run_dir, spec)
-    build_config = _run.supernet_config(spec, run_dir)  # before the model is loaded: a bad run.json fails at once
-    net, pre = _run.load_model(spec["model"])
-    if spec.get("weights_sha256") and _run.weights_checksum(net) != spec["weights_sha256"]:
+    build_config = run_module.supernet_config(spec, run_dir)  # before the model is loaded: a bad run.json fails at once
+    net, pre = run_module.load_model(spec["model"])
+    if spec.get("weights_sha256") and run_module.weights_checksum(net) != spec["weights_sha256"]:
         raise ValueError(f"the weights of model {spec['model']!r} changed since the search in {str(run_dir)!r} (checksum "
                          "differs): its scores and configs describe other weights; search again, or extract from the "
                          "model the search used")
@@ -308,7 +308,7 @@ def _load_study(run_dir: Path, spec: dict[str, Any]) -> Any:
 
     from osf.search.storage import make_storage, sqlite_file
 
-    url = _run.run_storage(run_dir, spec)
+    url = run_module.run_storage(run_dir, spec)
     if not spec.get("storage"):
         if not Path(url).is_file():
             raise FileNotFoundError(f"the study of {str(run_dir)!r} is gone: {url!r} is missing (deleted?); run "
@@ -343,11 +343,14 @@ def demo_cmd(
     out: Path = typer.Option(Path("osf-demo"), "--out", help="Where the run and the subnet go."),
     trials: int = typer.Option(20, "--trials", min=1),
     train_seconds: float = typer.Option(90.0, "--train-seconds", help="CPU training budget (cached afterwards)."),
+    supernet_steps: int = typer.Option(100, "--supernet-steps", min=1, help="Supernet training steps (cached "
+                                       "afterwards)."),
 ) -> None:
-    """Train a small Mamba LM, build its supernet, search it with lm-eval, save the best half-size subnet."""
+    """Train a small Mamba LM, search its supernet zero-shot, train the supernet, search it again,
+    save the best half-size subnet."""
     from osf.demo import run_demo
 
-    run_demo(out, trials=trials, train_seconds=train_seconds)
+    run_demo(out, trials=trials, train_seconds=train_seconds, supernet_steps=supernet_steps)
 
 
 def register(app: typer.Typer) -> None:
