@@ -107,6 +107,7 @@ class Supernet(nn.Module):
         self._full: dict[str, torch.Tensor] = {name: get_tensor(self.model, name) for name in self.ir.tensor_axes}
         self._slices: dict[tuple, _Slice] = {}  # (name, sizes) -> its slice
         self._gathered_bytes = 0
+        self._gathered: dict[tuple, None] = {}  # cache keys of copies, oldest first
         # gathered slices are copies: cache at most half the model's size of them
         self._gathered_budget = sum(t.numel() * t.element_size() for t in self._full.values()) // 2
         self._installed: dict[str, tuple[tuple, torch.Tensor]] = {}  # name -> (sizes, installed tensor)
@@ -275,16 +276,19 @@ class Supernet(nn.Module):
         piece = _Slice(view, plain, full._version, view.numel() * view.element_size() if gathered else 0)
         self._slices[cache_key] = piece
         self._gathered_bytes += piece.nbytes
+        if piece.nbytes:
+            self._gathered[cache_key] = None
         if self._gathered_bytes > self._gathered_budget:  # oldest copies out first, never installed ones
-            for old in [k for k, v in self._slices.items() if v.nbytes and k != cache_key]:
-                if self._installed.get(old[0], (None,))[0] != old[1]:
-                    self._forget(old)
+            for old in list(self._gathered):
                 if self._gathered_bytes <= self._gathered_budget:
                     break
+                if old != cache_key and self._installed.get(old[0], (None,))[0] != old[1]:
+                    self._forget(old)
         return piece
 
     def _forget(self, cache_key: tuple) -> None:
         self._gathered_bytes -= self._slices.pop(cache_key).nbytes
+        self._gathered.pop(cache_key, None)
 
     def full(self, name: str) -> torch.Tensor:
         """The shared full-size tensor ``name`` (what every config slices)."""
