@@ -8,20 +8,22 @@ synthetic CIFAR-like task) and budgets of 50% and 75% of the parameters:
 1. the full model's test score;
 2. zero-shot: ``osf.supernet(copy)``, ``osf.search`` scored on VALIDATION data, ``best(max_params_frac=f)``,
    extract, TEST score;
-3. trained: the same supernet after ``osf.train`` on TRAIN data, the same search, TEST score; and the
-   trained supernet's largest subnet against the original (target: within 1% of its test score);
+3. trained: the same supernet after ``osf.train`` on TRAIN data, the same searches, TEST score; and the
+   trained supernet's largest subnet against the original and against the control (target: within 1%);
+3b. control for extra training: the original model (no supernet) trained plainly with the same
+   TrainConfig settings (AdamW, lr, warm-up + cosine, clipping, batch, steps, batch order), task loss only;
 4. baselines without training: layer removal (whole blocks dropped greedily by validation loss, full
    widths, until within the budget) and magnitude slicing (the supernet's magnitude channel order, one
    uniform width fraction for every dim, full depth, the largest fraction within the budget);
-5. the share of the zero-shot gap closed by training at 50%: (zero_shot - trained) / (zero_shot - full)
-   in the score's better direction (target >= 70%).
+5. the share of the zero-shot gap closed by training: (zero_shot - trained) / (zero_shot - full) and
+   (zero_shot - trained) / (zero_shot - control), in the score's better direction (target >= 70% at 50%).
 
 Splits: LM: ``load_corpus()``'s train texts train the supernet; its held-out texts are split by a
 seeded document hash into validation (the search, layer-removal selection, training's own
 validation) and test (final numbers only). ViT: the synthetic data set has separate train /
-validation / test draws. Nothing is chosen on test data. One search (objectives score and params,
-no budget) per supernet and seed; ``best`` picks each budget's subnet from it. ``--seeds N`` repeats
-zero-shot search, training and trained search with seeds 0..N-1 (the models, the data splits and
+validation / test draws. Nothing is chosen on test data. One search per budget, supernet and seed (objectives score and
+params, ``constraints={"max_params_frac": f}``); ``best(max_params_frac=f)`` picks from it. ``--seeds N``
+repeats zero-shot searches, training, the control and trained searches with seeds 0..N-1 (the models, the data splits and
 the baselines do not depend on the seed). ``--quick`` uses tiny settings and writes no files.
 """
 from __future__ import annotations
@@ -240,25 +242,62 @@ def make_supernet(model: torch.nn.Module, **kw: Any) -> Any:
 
 
 def searched(task: Task, sn: Any, trials: int, seed: int) -> dict[str, Any]:
-    """One search (score on validation, params), then per budget: best, extract, test score."""
+    """One search per budget (score on validation and params, ``constraints={"max_params_frac": f}``),
+    then ``best(max_params_frac=f)``, extract, test score."""
     import osf
 
     sn.eval()
     full = sn.num_params(sn.space.largest())
-    res = osf.search(sn, task.search_evaluator(), n_trials=trials, seed=seed, show_progress=False)
     out: dict[str, Any] = {}
     for f in FRACS:
+        res = osf.search(sn, task.search_evaluator(), n_trials=trials, seed=seed, constraints={"max_params_frac": f},
+                         show_progress=False)
+        feasible = int(res.trials["feasible"].sum()) if not res.trials.empty else 0
         try:
             row = res.best(max_params_frac=f)
         except ValueError as e:
-            out[str(f)] = {"error": str(e)}
+            out[str(f)] = {"error": str(e), "feasible_trials": feasible}
             continue
         cfg = json.loads(row["config"])
         sub = sn.extract(cfg).eval()
         out[str(f)] = {"test": task.test_score(sub), "val_score": float(row["score"]),
-                       "params_frac": sn.num_params(cfg) / full, "trial": int(row["number"]), "config": cfg}
+                       "params_frac": sn.num_params(cfg) / full, "trial": int(row["number"]),
+                       "feasible_trials": feasible, "config": cfg}
+        sn.set_config(sn.space.largest())
     sn.set_config(sn.space.largest())
     return out
+
+
+def train_control(task: Task, config: Any) -> dict[str, Any]:
+    """The control for extra training: a copy of the ORIGINAL model (no supernet) trained plainly
+    with the settings of ``config`` (a TrainConfig): the same AdamW (weight decay on matrices only),
+    lr, warm-up + cosine to ``lr * min_lr_ratio``, gradient clipping, batch size, steps, and the
+    same seeded batch order as ``osf.train`` (its own batch and schedule helpers); task loss only,
+    one model per step (no sandwich, no distillation). Returns the model and a summary."""
+    from osf.training.loop import _batch, _schedule
+    from osf.training.objective import forward, task_loss
+
+    model = copy.deepcopy(task.model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=config.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(config))
+    model.train()
+    losses = []
+    for step in range(1, config.steps + 1):
+        opt.zero_grad(set_to_none=True)
+        batch = _batch(task.data.train, config, step, 0, 0, 1, config.batch_size, torch.device("cpu"))
+        loss = task_loss(forward(model, batch, task.kind), batch, task.kind)
+        loss.backward()
+        if config.clip_grad:
+            torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    k = min(10, len(losses))
+    return {"model": model, "final_train_loss": sum(losses[-k:]) / k}
 
 
 def layer_removal(task: Task) -> dict[str, Any]:
@@ -339,7 +378,7 @@ def run_task(task: Task, settings: dict[str, Any], tcfg: dict[str, Any], seeds: 
         if seed == seeds[0]:
             with clock(f"{name}: magnitude slicing baseline"):
                 result["magnitude_slicing"] = magnitude_slicing(task, sn)
-        with clock(f"{name}: zero-shot search ({settings['trials']} trials) + test"):
+        with clock(f"{name}: zero-shot searches ({len(FRACS)} x {settings['trials']} trials) + test"):
             r["zero_shot"] = searched(task, sn, settings["trials"], seed)
         config = TrainConfig(steps=tcfg["steps"], batch_size=tcfg["batch_size"], lr=tcfg["lr"],
                              warmup_steps=tcfg["warmup_steps"], num_random=tcfg["num_random"], eval_every=0,
@@ -349,15 +388,24 @@ def run_task(task: Task, settings: dict[str, Any], tcfg: dict[str, Any], seeds: 
             hist = train(sn, task.data, config, progress=False).history
         r["train"] = {"config": config.to_dict(), "wall_s": time.perf_counter() - w, "cpu_s": time.process_time() - c,
                       "last": hist[-1], "first": hist[0]}
+        w, c = time.perf_counter(), time.process_time()
+        with clock(f"{name}: control: plain training of the original ({tcfg['steps']} steps)"):
+            ctrl = train_control(task, config)
+        r["control_train"] = {"wall_s": time.perf_counter() - w, "cpu_s": time.process_time() - c,
+                              "final_train_loss": ctrl["final_train_loss"]}
+        with clock(f"{name}: control test score"):
+            r["control"] = task.test_score(ctrl["model"])
+        del ctrl
         sn.eval()
         with clock(f"{name}: trained largest subnet test score"):
             r["trained_largest"] = task.test_score(sn.extract(sn.space.largest()).eval())
-        with clock(f"{name}: trained search ({settings['trials']} trials) + test"):
+        with clock(f"{name}: trained searches ({len(FRACS)} x {settings['trials']} trials) + test"):
             r["trained"] = searched(task, sn, settings["trials"], seed)
         result["seeds"][str(seed)] = r
         print(f"  [{name}] seed {seed} done: " + ", ".join(
             f"{k}@{f}={r[k][str(f)].get('test', float('nan')):.4g}" for k in ("zero_shot", "trained") for f in FRACS)
-            + f", trained largest {r['trained_largest']:.4g}, full {result['full']:.4g}", flush=True)
+            + f", trained largest {r['trained_largest']:.4g}, control {r['control']:.4g}, full {result['full']:.4g}",
+            flush=True)
     summarize(result)
     return result
 
@@ -371,19 +419,34 @@ def gap_closed(full: float, zs: float, tr: float, lower: bool) -> float | None:
 
 
 def summarize(res: dict[str, Any]) -> None:
+    """Gap closed at each budget against the original full model and against the control (the
+    original trained plainly as long); the trained largest subnet against both."""
     lower, full = res["better"] == "lower", res["full"]
-    gaps = []
-    rel = []
-    for r in res["seeds"].values():
-        zs, tr = r["zero_shot"].get("0.5", {}).get("test"), r["trained"].get("0.5", {}).get("test")
-        gaps.append(None if zs is None or tr is None else gap_closed(full, zs, tr, lower))
-        rel.append((r["trained_largest"] - full) / full)
-    res["gap_closed_50"] = gaps
-    res["largest_rel_change"] = rel
-    ok_gaps = [g for g in gaps if g is not None]
-    res["target_gap_met"] = bool(ok_gaps) and statistics.mean(ok_gaps) >= 0.70
-    # within 1% of the original's test score (relative), in the direction that matters
-    res["target_largest_met"] = all((x <= 0.01) if lower else (x >= -0.01) for x in rel)
+    res["gap_closed"], res["gap_closed_vs_control"] = {}, {}
+    for f in FRACS:
+        g_full, g_ctrl = [], []
+        for r in res["seeds"].values():
+            zs, tr = r["zero_shot"].get(str(f), {}).get("test"), r["trained"].get(str(f), {}).get("test")
+            ok = zs is not None and tr is not None
+            g_full.append(gap_closed(full, zs, tr, lower) if ok else None)
+            g_ctrl.append(gap_closed(r["control"], zs, tr, lower) if ok else None)
+        res["gap_closed"][str(f)], res["gap_closed_vs_control"][str(f)] = g_full, g_ctrl
+    res["gap_closed_50"] = res["gap_closed"]["0.5"]
+    res["largest_rel_change"] = [(r["trained_largest"] - full) / full for r in res["seeds"].values()]
+    res["largest_rel_to_control"] = [(r["trained_largest"] - r["control"]) / r["control"]
+                                     for r in res["seeds"].values()]
+    res["control_rel_change"] = [(r["control"] - full) / full for r in res["seeds"].values()]
+
+    def mean_ok(gaps: list[float | None]) -> bool:
+        ok = [g for g in gaps if g is not None]
+        return len(ok) == len(gaps) and bool(ok) and statistics.mean(ok) >= 0.70
+    res["target_gap_met"] = mean_ok(res["gap_closed"]["0.5"])
+    res["target_gap_met_vs_control"] = mean_ok(res["gap_closed_vs_control"]["0.5"])
+    # within 1% (relative), in the direction that matters: no more than 1% worse
+    within = (lambda x: x <= 0.01) if lower else (lambda x: x >= -0.01)
+    res["target_largest_met"] = all(within(x) for x in res["largest_rel_change"])
+    res["target_largest_met_vs_control"] = all(within(x) for x in res["largest_rel_to_control"])
+    res["largest_abs_within_1pct_of_control"] = all(abs(x) <= 0.01 for x in res["largest_rel_to_control"])
 
 
 def stat(values: list[float], fmt: str) -> str:
@@ -410,6 +473,8 @@ def table(res: dict[str, Any]) -> str:
 
     seeds = list(res["seeds"].values())
     lines.append(f"| full model | 100% | {fmt.format(res['full'])} | 100% | {fmt.format(res['full'])} |")
+    ctrl = stat([r["control"] for r in seeds], fmt)
+    lines.append(f"| full model, trained as long (control) | 100% | {ctrl} | 100% | {ctrl} |")
     lines.append(row("layer removal (no training)", [res["layer_removal"]]))
     lines.append(row("magnitude slicing, uniform width (no training)", [res["magnitude_slicing"]]))
     lines.append(row("zero-shot supernet + search", [r["zero_shot"] for r in seeds]))
@@ -427,10 +492,14 @@ def report(results: dict[str, Any], settings: dict[str, Any], seeds: list[int], 
                f"(seed of the search and of the supernet training). Total: {total['wall_s']:.0f} s wall, "
                f"{total['cpu_s']:.0f} s CPU.")
     out.append("")
-    out.append(f"Search: `osf.search(sn, validation_score, n_trials={settings['trials']}, seed=seed)` (objectives "
-               "score and params, no budget; NSGA-II), then `best(max_params_frac=f)`, `sn.extract`, test score. "
-               "Same trials for zero-shot and trained. Params are % of the full model's. With several seeds a "
-               "cell is `mean (min-max)`; the baselines and the full model do not depend on the seed.")
+    out.append(f"Search: per budget f, `osf.search(sn, validation_score, n_trials={settings['trials']}, seed=seed, "
+               "constraints={\"max_params_frac\": f})` (objectives score and params; NSGA-II; over-budget trials are "
+               "not scored), then `best(max_params_frac=f)`, `sn.extract`, test score. Same trials for zero-shot and "
+               "trained. Params are % of the full model's. With several seeds a cell is `mean (min-max)`; the "
+               "baselines and the original full model do not depend on the seed. The control (\"full model, trained "
+               "as long\") is the original model, no supernet, trained plainly with the same TrainConfig as "
+               "`osf.train` (AdamW with the same weight-decay groups, lr, warm-up + cosine, clipping, batch, steps, "
+               "seeded batch order), task loss only, with each seed.")
     for key, res in results.items():
         out += ["", f"## {res['info']['model']}", ""]
         lower = res["better"] == "lower"
@@ -445,14 +514,33 @@ def report(results: dict[str, Any], settings: dict[str, Any], seeds: list[int], 
                    f"(sandwich: largest, smallest, {tr['num_random']} random; in-place distillation; AdamW; cosine), "
                    f"{stat([s['cpu_s'] for s in secs], '{:.0f}')} s CPU / "
                    f"{stat([s['wall_s'] for s in secs], '{:.0f}')} s wall per run.")
-        gaps = res["gap_closed_50"]
-        g_txt = stat([None if g is None else 100 * g for g in gaps], "{:.0f}%")
-        out.append(f"- gap closed at 50%: (zero_shot - trained) / (zero_shot - full) = {g_txt} "
-                   f"(target >= 70%): **{'met' if res['target_gap_met'] else 'NOT met'}**.")
+        ctr = [r["control_train"] for r in res["seeds"].values()]
+        out.append(f"- control training (plain, same settings): {stat([s['cpu_s'] for s in ctr], '{:.0f}')} s CPU per run.")
+        for f in FRACS:
+            gf = stat([None if g is None else 100 * g for g in res["gap_closed"][str(f)]], "{:.0f}%")
+            gc = stat([None if g is None else 100 * g for g in res["gap_closed_vs_control"][str(f)]], "{:.0f}%")
+            extra = ""
+            if f == 0.5:
+                extra = (f" (target >= 70%: vs original **{'met' if res['target_gap_met'] else 'NOT met'}**, "
+                         f"vs control **{'met' if res['target_gap_met_vs_control'] else 'NOT met'}**)")
+            out.append(f"- gap closed at {int(f * 100)}%: (zero_shot - trained) / (zero_shot - original full) = {gf}; "
+                       f"(zero_shot - trained) / (zero_shot - control) = {gc}{extra}.")
         rel = stat([100 * x for x in res["largest_rel_change"]], "{:+.2f}%")
-        out.append(f"- trained largest subnet vs the original: {rel} relative change of the test {res['metric']} "
-                   f"(target: within 1%{', no more than 1% higher' if lower else ', no more than 1% lower'}): "
-                   f"**{'met' if res['target_largest_met'] else 'NOT met'}**.")
+        relc = stat([100 * x for x in res["largest_rel_to_control"]], "{:+.2f}%")
+        crel = stat([100 * x for x in res["control_rel_change"]], "{:+.2f}%")
+        worse = "higher" if lower else "lower"
+        out.append(f"- the control vs the original: {crel} relative change of the test {res['metric']}.")
+        out.append(f"- trained largest subnet vs the original: {rel}; vs the control: {relc} (relative change of the "
+                   f"test {res['metric']}). Within 1% of the control (no more than 1% {worse}): "
+                   f"**{'yes' if res['target_largest_met_vs_control'] else 'NO'}**; within 1% either way: "
+                   f"**{'yes' if res['largest_abs_within_1pct_of_control'] else 'NO'}**.")
+        feas = []
+        for f in FRACS:
+            feas.append(f"{int(f * 100)}%: zero-shot " + stat([r["zero_shot"].get(str(f), {}).get("feasible_trials")
+                                                              for r in res["seeds"].values()], "{:.0f}")
+                        + ", trained " + stat([r["trained"].get(str(f), {}).get("feasible_trials")
+                                               for r in res["seeds"].values()], "{:.0f}"))
+        out.append(f"- within-budget (scored) trials of {settings['trials']}: " + "; ".join(feas) + ".")
         details = []
         for f in FRACS:
             lr = res["layer_removal"].get(str(f), {})
