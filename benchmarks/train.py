@@ -274,7 +274,7 @@ def train_control(task: Task, config: Any) -> dict[str, Any]:
     lr, warm-up + cosine to ``lr * min_lr_ratio``, gradient clipping, batch size, steps, and the
     same seeded batch order as ``osf.train`` (its own batch and schedule helpers); task loss only,
     one model per step (no sandwich, no distillation). Returns the model and a summary."""
-    from osf.training.loop import _batch, _schedule
+    from osf.training.loop import batch_for_step, lr_schedule
     from osf.training.objective import forward, task_loss
 
     model = copy.deepcopy(task.model)
@@ -282,12 +282,12 @@ def train_control(task: Task, config: Any) -> dict[str, Any]:
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=config.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(config))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(config))
     model.train()
     losses = []
     for step in range(1, config.steps + 1):
         opt.zero_grad(set_to_none=True)
-        batch = _batch(task.data.train, config, step, 0, 0, 1, config.batch_size, torch.device("cpu"))
+        batch = batch_for_step(task.data.train, config, step, 0, 0, 1, config.batch_size, torch.device("cpu"))
         loss = task_loss(forward(model, batch, task.kind), batch, task.kind)
         loss.backward()
         if config.clip_grad:

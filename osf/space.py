@@ -165,7 +165,7 @@ class SearchSpace:
                 that matches no dim (with close names), sizes out of 1..full or without full.
         """
         if isinstance(overrides, (str, Path)):
-            overrides = _load_mapping(Path(overrides))
+            overrides = load_mapping(Path(overrides))
         elif not isinstance(overrides, Mapping):
             raise InputTypeError(f"space must be a dict of dim pattern -> sizes, or the path of a JSON/YAML file "
                                  f"holding one, got {type(overrides).__name__}")
@@ -288,7 +288,9 @@ def _as_keep(value: Any, block: str) -> bool:
     raise InputTypeError(f"block {block!r}: keep must be True or False (a bool), got {type(value).__name__} {value!r}")
 
 
-def _load_mapping(path: Path) -> dict:
+def load_mapping(path: Path) -> dict:
+    """The dict in a JSON or YAML file (space overrides); one-line errors for a missing file,
+    a folder, a parse error or a non-mapping."""
     where = f"space file {str(path)!r}"
     if not path.exists():
         raise ValueError(f"{where} does not exist; space= takes a dict or the path of a JSON/YAML file")

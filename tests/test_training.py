@@ -114,9 +114,9 @@ def test_sandwich_training_makes_the_small_subnets_good_where_training_the_large
 
 def train_largest_only(sn, data, common):
     """Plain training of the full model with the same optimizer settings."""
-    from osf.training.loop import _param_groups
+    from osf.training.loop import param_groups
 
-    opt = torch.optim.AdamW(_param_groups(sn, 0.01), lr=common["lr"])
+    opt = torch.optim.AdamW(param_groups(sn, 0.01), lr=common["lr"])
     g = torch.Generator().manual_seed(0)
     sn.train()
     ids = data.train["input_ids"]

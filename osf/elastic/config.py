@@ -43,9 +43,9 @@ class SupernetConfig:
     def __post_init__(self) -> None:
         space = self.space
         if isinstance(space, (str, Path)):
-            from osf.space import _load_mapping
+            from osf.space import load_mapping
 
-            space = _load_mapping(Path(space))
+            space = load_mapping(Path(space))
         if space is not None:
             if not isinstance(space, Mapping):
                 raise InputTypeError(f"SupernetConfig.space must be a dict of dim pattern -> sizes (or the path of a "

@@ -63,8 +63,8 @@ def train(supernet: Any, data: Any, config: TrainConfig | None = None, out_dir: 
     params = [p for p in supernet.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the supernet has no parameter that requires grad: nothing to train")
-    optimizer = torch.optim.AdamW(_param_groups(supernet, config.weight_decay), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    optimizer = torch.optim.AdamW(param_groups(supernet, config.weight_decay), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(config))
     out = Path(out_dir) if out_dir is not None else None
     start = _prepare_out_dir(out, config, resume, supernet, optimizer, scheduler, rank) if out else 0
     device = params[0].device
@@ -138,7 +138,7 @@ def _sandwich_step(sn: Any, data: Any, config: TrainConfig, kind: str, step: int
     members = sandwich(sn.space, config, step)
     losses = {f"loss/{label}": 0.0 for label, _ in members}
     for part in range(config.grad_accum):
-        batch = _batch(data.train, config, step, part, rank, world, micro, device)
+        batch = batch_for_step(data.train, config, step, part, rank, world, micro, device)
         teacher = None
         for label, cfg in members:
             sn.set_config(cfg)
@@ -160,8 +160,8 @@ def _sandwich_step(sn: Any, data: Any, config: TrainConfig, kind: str, step: int
     return losses
 
 
-def _batch(split: Mapping[str, torch.Tensor], config: TrainConfig, step: int, part: int, rank: int, world: int,
-           micro: int, device: torch.device) -> dict[str, torch.Tensor]:
+def batch_for_step(split: Mapping[str, torch.Tensor], config: TrainConfig, step: int, part: int, rank: int,
+                   world: int, micro: int, device: torch.device) -> dict[str, torch.Tensor]:
     """This process's micro-batch ``part`` of global batch ``step``: examples are read in a
     seeded random order, reshuffled each epoch; the global batch is split over
     (accumulation step, rank) so any number of processes sees the same global batch."""
@@ -196,7 +196,7 @@ def _validate(sn: Any, data: Any, kind: str, members: dict[str, Any], micro: int
     return out
 
 
-# ----------------------------------------------------------------------------- set-up
+# ------------------------------------------------------ set-up (public: benchmarks mirror it)
 def _check_data(data: Any) -> str:
     kind = getattr(data, "kind", None)
     if kind not in KINDS or not isinstance(getattr(data, "train", None), Mapping) or not isinstance(
@@ -209,7 +209,7 @@ def _check_data(data: Any) -> str:
     return kind
 
 
-def _param_groups(sn: Any, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(sn: Any, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices, none on 1-D tensors (biases, norms, Mamba's D and dt_bias)."""
     decay, no_decay = [], []
     for p in sn.parameters():
@@ -218,7 +218,9 @@ def _param_groups(sn: Any, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _schedule(config: TrainConfig) -> Callable[[int], float]:
+def lr_schedule(config: TrainConfig) -> Callable[[int], float]:
+    """The learning-rate factor after ``done`` scheduler steps: linear warm-up to 1, then
+    cosine down to ``min_lr_ratio`` (for ``LambdaLR``)."""
     warmup, total, floor = config.warmup_steps, config.steps, config.min_lr_ratio
 
     def factor(done: int) -> float:  # done: scheduler steps taken so far
