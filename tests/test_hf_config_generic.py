@@ -9,7 +9,7 @@ from transformers import PretrainedConfig, SwinConfig, SwinForImageClassificatio
 from transformers.modeling_outputs import ModelOutput
 
 import osf
-from osf.elastic.hf_config import _configs
+from osf.elastic.hf_config import nested_configs
 from osf.ir.trace import flatten_output
 
 
@@ -20,7 +20,7 @@ def test_nested_configs_are_found_under_any_attribute_name():
     top = PretrainedConfig(hidden_size=16)
     top.audio_tower = inner  # a name no rule knows
     top.same_again = inner  # walked once
-    assert [c.hidden_size for c in _configs(top)] == [16, 8, 4]
+    assert [c.hidden_size for c in nested_configs(top)] == [16, 8, 4]
 
 
 def test_depth_list_is_told_from_a_per_stage_list_with_the_same_values():

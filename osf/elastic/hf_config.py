@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from osf.elastic.supernet import Supernet
 
 
-def _configs(config: Any) -> Iterator[Any]:
+def nested_configs(config: Any) -> Iterator[Any]:
     """``config`` and every config nested in it (any attribute that is itself a config), each once."""
     return (c for _, c in _walk(config))
 
@@ -91,7 +91,7 @@ def update_hf_config(sub: nn.Module, sn: "Supernet", cfg: Config, dropped: list[
         if original not in by_size:  # e.g. query heads = kv heads x queries per kv head
             by_size[original] = new
     candidates = []
-    for c in _configs(config):
+    for c in nested_configs(config):
         for field, value in c.to_dict().items():
             if field in ("vocab_size", "num_labels", "max_position_embeddings", "image_size", "patch_size",
                          "num_channels", "projection_dim", "num_hidden_layers") or (id(c), field) in depth_fields:
@@ -226,7 +226,7 @@ def _update_depth(sub: nn.Module, sn: "Supernet", config: Any, dropped: list[str
     owner = _stack_configs(sn, config)
     stacks = sorted(sn.ir.stacks, key=lambda s: order.get(s, len(order)))
     fields: set[tuple[int, str]] = set()
-    for c in _configs(config):
+    for c in nested_configs(config):
         mine = [s for s in stacks if owner[s] is c]
         if not mine:
             continue
@@ -280,7 +280,7 @@ def _is_layer_index_list(field: str, value: Any, n_layers: int) -> bool:
 def _mismatches(sub: nn.Module, config: Any, target: dict[str, tuple], recorded: list[tuple]) -> int:
     try:
         trial = copy.deepcopy(config)
-        for c in _configs(trial):
+        for c in nested_configs(trial):
             if callable(getattr(c, "validate", None)):
                 c.validate()  # a config transformers would refuse to save or load is no match
         with torch.device("meta"):
