@@ -25,14 +25,14 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from osf.elastic.validate import SUPERNET, check_saved_folder, one_line, read_meta, read_safetensors
 from osf.errors import FolderNotEmptyError, InputTypeError
 
-FORMAT = 1
-META_FILE = "osf_supernet.json"
+FORMAT = SUPERNET.version
+META_FILE = SUPERNET.meta_file
 WEIGHTS_FILE = "model.safetensors"
 INPUTS_FILE = "example_inputs.safetensors"
 _MAX_INPUT_BYTES = 64 << 20  # example inputs bigger than this are not saved
-_REQUIRED = ("format", "model_class", "supernet_config", "space", "dims", "ties", "dtype")
 
 
 # ----------------------------------------------------------------------------- saving
@@ -157,7 +157,7 @@ def _pack_inputs(inputs: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]] 
 def _unpack_inputs(path: Path, structure: Mapping[str, Any] | None) -> Any:
     if not structure:
         return None
-    tensors = _read_tensors(path / INPUTS_FILE)
+    tensors = read_safetensors(path / INPUTS_FILE, SUPERNET)
     try:
         kind = structure["kind"]
         if kind == "tensor":
@@ -199,13 +199,13 @@ def load_supernet(path: str | Path, model: nn.Module | None = None, example_inpu
     from osf.elastic.validate import check_example_inputs
     from osf.space import SearchSpace
 
-    path = _check_folder(path)
+    path = check_saved_folder(path, SUPERNET)
     meta = _read_meta(path)
     try:
         config = SupernetConfig.from_dict(meta["supernet_config"])
         space = SearchSpace.from_json(json.dumps(meta["space"]))
     except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise ValueError(f"{path / META_FILE}: its supernet config or space is damaged ({_one_line(e)}); "
+        raise ValueError(f"{path / META_FILE}: its supernet config or space is damaged ({one_line(e)}); "
                          "save the supernet again") from None
     if model is None:
         model = _build_model(path, meta)
@@ -217,7 +217,7 @@ def load_supernet(path: str | Path, model: nn.Module | None = None, example_inpu
     elif type(model).__qualname__ != str(meta["model_class"]).rpartition(".")[2]:
         raise ValueError(f"model is a {type(model).__qualname__}, but the supernet in {str(path)!r} was saved from a "
                          f"{meta['model_class']}: pass a fresh instance of that architecture")
-    state = _read_tensors(path / WEIGHTS_FILE)
+    state = read_safetensors(path / WEIGHTS_FILE, SUPERNET)
     _to_dtype(model, meta.get("dtype"))
     _load_weights(model, state, meta, path)
     model.eval()
@@ -233,71 +233,11 @@ def is_checkpoint(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / META_FILE).is_file()
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-def _check_folder(path: Any) -> Path:
-    if not isinstance(path, (str, Path)) or (isinstance(path, str) and not path.strip()):
-        raise InputTypeError(f"path must be the folder sn.save_pretrained wrote (a str or Path), got {path!r}")
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"supernet checkpoint folder {str(path)!r} does not exist; pass the folder sn.save_pretrained "
-                         "wrote")
-    if not path.is_dir():
-        raise ValueError(f"{str(path)!r} is a file, not a folder; pass the folder sn.save_pretrained wrote (the one "
-                         f"holding {META_FILE})")
-    if not (path / META_FILE).is_file():
-        files = {p.name for p in path.iterdir()}
-        if "osf_subnet.json" in files:
-            what = "an extracted subnet: load it with osf.load_subnet"
-        elif "run.json" in files:
-            what = "an osf search run folder: extract a subnet from it with `osf extract`"
-        elif "config.json" in files:
-            what = "a plain Hugging Face model: load it with from_pretrained and build a supernet with osf.supernet"
-        elif not files:
-            what = "an empty folder"
-        else:
-            what = "not a supernet checkpoint (saved, or cut short?)"
-        raise ValueError(f"{str(path)!r} holds no {META_FILE}, so it was not written by sn.save_pretrained: it is {what}")
-    return path
-
-
 def _read_meta(path: Path) -> dict[str, Any]:
-    file = path / META_FILE
-    try:
-        meta = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file} is corrupt: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}); save the "
-                         "supernet again") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{file} cannot be read ({_one_line(e)}); save the supernet again") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{file} must hold a supernet description (a JSON object), got {type(meta).__name__}")
-    fmt = meta.get("format")
-    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT:
-        raise ValueError(f"{file} has format {fmt}, written by a newer osf; this osf reads format {FORMAT}: upgrade osf "
-                         "(pip install -U osf) to load it")
-    if fmt != FORMAT:
-        raise ValueError(f"{file}: unknown format {fmt!r}; this osf reads format {FORMAT}")
-    missing = [k for k in _REQUIRED if k not in meta]
-    if missing:
-        raise ValueError(f"{file} lacks {missing}: it was not written by sn.save_pretrained, or was edited; save the "
-                         "supernet again")
+    meta = read_meta(path / META_FILE, SUPERNET)
     if not isinstance(meta["ties"], dict) or not isinstance(meta["dims"], list):
-        raise ValueError(f"{file} has malformed 'ties' or 'dims' (edited?); save the supernet again")
+        raise ValueError(f"{path / META_FILE} has malformed 'ties' or 'dims' (edited?); save the supernet again")
     return meta
-
-
-def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not file.is_file():
-        raise ValueError(f"{file.parent} holds no {file.name}: the checkpoint is incomplete; save the supernet again")
-    try:
-        return load_file(str(file))
-    except Exception as e:  # safetensors raises its own SafetensorError, or OSError for I/O
-        raise ValueError(f"{file} is truncated or corrupt ({_one_line(e)}); save the supernet again") from None
 
 
 def _import_class(path: str) -> type:
@@ -335,7 +275,7 @@ def _build_model(path: Path, meta: Mapping[str, Any]) -> nn.Module:
     try:
         config = cls.config_class.from_pretrained(str(path))
     except Exception as e:
-        raise ValueError(f"{path / 'config.json'} cannot be read ({_one_line(e)}); save the supernet again") from None
+        raise ValueError(f"{path / 'config.json'} cannot be read ({one_line(e)}); save the supernet again") from None
     return cls(config)
 
 

@@ -17,12 +17,12 @@ from safetensors.torch import save_model
 from torch import nn
 
 from osf.elastic.extract import META_ATTR
-from osf.elastic.validate import (check_config_matches_weights, check_subnet_folder, prepare_save_folder, read_meta,
-                                  read_safetensors)
+from osf.elastic.validate import (SUBNET, check_config_matches_weights, check_saved_folder, prepare_save_folder,
+                                  read_meta, read_safetensors)
 from osf.errors import InputTypeError
 from osf.ir.apply import is_non_persistent, remove_blocks, set_tensor, sync_module_attributes, tied_names
 
-META_FILE = "osf_subnet.json"
+META_FILE = SUBNET.meta_file
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -75,8 +75,8 @@ def load_subnet(path: str | Path, model: nn.Module | None = None) -> nn.Module:
             or corrupt weights file, a tensor of the wrong shape, a ``config.json`` edited so
             that it no longer matches the weights (each named).
     """
-    path = check_subnet_folder(path, META_FILE)
-    meta = read_meta(path / META_FILE)
+    path = check_saved_folder(path, SUBNET)
+    meta = read_meta(path / META_FILE, SUBNET)
     if model is None:
         model = _build_original(meta)
     elif not isinstance(model, nn.Module):
@@ -146,5 +146,5 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} holds no weights (*.safetensors): the folder is incomplete; save the subnet again")
     state: dict[str, torch.Tensor] = {}
     for f in files:
-        state.update(read_safetensors(f))
+        state.update(read_safetensors(f, SUBNET))
     return state

@@ -1,14 +1,16 @@
 """Checks of what users hand to OSF, done before any work: bad input gets one clear line.
 
 - :func:`check_supernet_args`: the arguments of :func:`osf.supernet`.
-- :func:`check_subnet_folder`, :func:`read_meta`, :func:`read_safetensors`,
-  :func:`check_config_matches_weights`: loading a saved subnet (:func:`osf.load_subnet`).
+- :func:`check_saved_folder`, :func:`read_meta`, :func:`read_safetensors`: loading what osf
+  saved, an extracted subnet (:data:`SUBNET`) or a supernet checkpoint (:data:`SUPERNET`);
+  :func:`check_config_matches_weights`: a subnet's edited config (:func:`osf.load_subnet`).
 - :func:`prepare_save_folder`: saving one (:func:`osf.save_subnet`) without mixing it with
   another model's files.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -105,69 +107,102 @@ def _names(names: list[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-# ------------------------------------------------------------------ loading a subnet
-def check_subnet_folder(path: Any, meta_file: str) -> Path:
-    """The folder ``path`` as a ``Path``, after checking it is a subnet folder osf wrote."""
+# ------------------------------------------------------- loading what osf saved
+@dataclasses.dataclass(frozen=True)
+class SavedKind:
+    """A kind of folder osf writes (an extracted subnet, a supernet checkpoint): what its
+    loading errors call it and what they tell the user to do."""
+
+    meta_file: str  # the description osf writes last, so a folder cut short has none
+    noun: str  # "subnet", "supernet"
+    folder: str  # "subnet folder", "supernet checkpoint folder"
+    writer: str  # what writes it: "osf.save_subnet", "sn.save_pretrained"
+    required: tuple[str, ...]  # keys the description must hold
+    version: int = 1
+
+
+SUBNET = SavedKind("osf_subnet.json", "subnet", "subnet folder", "osf.save_subnet",
+                   ("shapes", "attributes", "dropped", "class"))
+SUPERNET = SavedKind("osf_supernet.json", "supernet", "supernet checkpoint folder", "sn.save_pretrained",
+                     ("format", "model_class", "supernet_config", "space", "dims", "ties", "dtype"))
+_KINDS = (SUBNET, SUPERNET)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (its type name when it has none)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def check_saved_folder(path: Any, kind: SavedKind) -> Path:
+    """The folder ``path`` as a ``Path``, after checking it is a ``kind`` folder osf wrote;
+    when it is not, the error says what it looks like instead and how to load that."""
     if not isinstance(path, (str, Path)) or (isinstance(path, str) and not path.strip()):
-        raise InputTypeError(f"path must be the folder save_subnet wrote (a str or Path), got {path!r}")
+        raise InputTypeError(f"path must be the folder {kind.writer} wrote (a str or Path), got {path!r}")
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"subnet folder {str(path)!r} does not exist; pass the folder osf.save_subnet (or the "
-                         "subnet's save_pretrained) wrote")
+        raise ValueError(f"{kind.folder} {str(path)!r} does not exist; pass the folder {kind.writer} wrote")
     if not path.is_dir():
-        raise ValueError(f"{str(path)!r} is a file, not a folder; pass the folder osf.save_subnet wrote "
-                         f"(the one holding {meta_file}), e.g. {str(path.parent)!r}")
-    if not (path / meta_file).is_file():
+        raise ValueError(f"{str(path)!r} is a file, not a folder; pass the folder {kind.writer} wrote "
+                         f"(the one holding {kind.meta_file}), e.g. {str(path.parent)!r}")
+    if not (path / kind.meta_file).is_file():
         files = {p.name for p in path.iterdir()}
-        if "run.json" in files:
-            what = ("an osf search run folder: extract a subnet from it with `osf search extract` (or "
-                    "sn.extract(result.config(n))) and load that")
+        other = next((k for k in _KINDS if k is not kind and k.meta_file in files), None)
+        if other is not None:
+            what = f"a {other.noun} saved by {other.writer}: load it with osf.load_{other.noun}"
+        elif "run.json" in files:
+            what = ("an osf search run folder: extract a subnet from it with `osf extract` (or "
+                    "sn.extract(result.config(n)))")
         elif any(f.endswith((".pt", ".pth", ".ckpt")) for f in files):
-            what = ("a torch checkpoint, not a subnet folder: load it with torch.load, or save a subnet with "
-                    "osf.save_subnet(sn.extract(config), folder)")
+            what = (f"a torch checkpoint, not a {kind.noun} folder: load it with torch.load, or save a {kind.noun} "
+                    f"with {kind.writer}")
         elif any(f.endswith(".safetensors") for f in files) and "config.json" not in files:
-            what = ("a bare weights file (a checkpoint or state dict), not a subnet folder: save a subnet with "
-                    "osf.save_subnet(sn.extract(config), folder)")
+            what = (f"a bare weights file (a checkpoint or state dict), not a {kind.noun} folder: save a "
+                    f"{kind.noun} with {kind.writer}")
         elif "config.json" in files:
             what = ("a plain Hugging Face model: load it with AutoModel*.from_pretrained (and make a supernet of it "
                     "with osf.supernet)")
         elif not files:
             what = "an empty folder"
         else:
-            what = "not a subnet folder"
-        raise ValueError(f"{str(path)!r} was not written by osf.save_subnet (no {meta_file}): it is {what}")
+            what = f"not a {kind.folder} (saved, or cut short?)"
+        raise ValueError(f"{str(path)!r} was not written by {kind.writer} (no {kind.meta_file}): it is {what}")
     return path
 
 
-def read_meta(meta_file: Path) -> dict:
-    """The subnet description, refusing a damaged or foreign one."""
+def read_meta(meta_file: Path, kind: SavedKind) -> dict:
+    """The description in ``meta_file``, refusing a damaged, foreign or newer one."""
     try:
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{meta_file} is corrupt: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg}); "
-                         "save the subnet again") from None
+                         f"save the {kind.noun} again") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{meta_file} cannot be read ({e}); save the subnet again") from None
+        raise ValueError(f"{meta_file} cannot be read ({one_line(e)}); save the {kind.noun} again") from None
     if not isinstance(meta, dict):
-        raise ValueError(f"{meta_file} must hold a subnet description (a JSON object), got {type(meta).__name__}")
-    if meta.get("format") != 1:
-        raise ValueError(f"{meta_file}: unknown format {meta.get('format')!r}; this osf reads format 1")
-    missing = [k for k in ("shapes", "attributes", "dropped", "class") if k not in meta]
+        raise ValueError(f"{meta_file} must hold a {kind.noun} description (a JSON object), got {type(meta).__name__}")
+    fmt = meta.get("format")
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > kind.version:
+        raise ValueError(f"{meta_file} has format {fmt}, written by a newer osf; this osf reads format "
+                         f"{kind.version}: upgrade osf (pip install -U osf) to load it")
+    if fmt != kind.version:
+        raise ValueError(f"{meta_file}: unknown format {fmt!r}; this osf reads format {kind.version}")
+    missing = [k for k in kind.required if k not in meta]
     if missing:
-        raise ValueError(f"{meta_file} lacks {missing}: it was not written by osf.save_subnet, or was cut short; "
-                         "save the subnet again")
+        raise ValueError(f"{meta_file} lacks {missing}: it was not written by {kind.writer}, or was cut short or "
+                         f"edited; save the {kind.noun} again")
     return meta
 
 
-def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
-    """All tensors of ``file``; a truncated or damaged file is named, not a raw traceback."""
+def read_safetensors(file: Path, kind: SavedKind) -> dict[str, torch.Tensor]:
+    """All tensors of ``file``; a missing, truncated or damaged file is named, not a raw traceback."""
     from safetensors.torch import load_file
 
+    if not file.is_file():
+        raise ValueError(f"{file.parent} holds no {file.name}: the folder is incomplete; save the {kind.noun} again")
     try:
         return load_file(str(file))
     except Exception as e:  # safetensors raises its own SafetensorError, or OSError for I/O
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise ValueError(f"{file} is truncated or corrupt ({reason}); save the subnet again") from None
+        raise ValueError(f"{file} is truncated or corrupt ({one_line(e)}); save the {kind.noun} again") from None
 
 
 def check_config_matches_weights(model: nn.Module, config: Any, state: Mapping[str, torch.Tensor], meta: dict,

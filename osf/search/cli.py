@@ -28,6 +28,11 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _budget(flag: str, when: str, limit: str) -> Any:
+    """A budget option of ``osf search`` / ``osf extract --best`` (units named by the flag)."""
+    return typer.Option(None, flag, help=f"{when}: at most {limit}.")
+
+
 @_errors
 def search_cmd(
     model: str = typer.Argument(..., help="Local HF folder, supernet checkpoint folder (sn.save_pretrained), hub id, "
@@ -35,13 +40,12 @@ def search_cmd(
     task: str = typer.Option(..., "--task", help="lm-eval task(s) (comma-separated), cifar10, cifar100, imagenet, imagefolder, or perplexity."),
     out: Path = typer.Option(..., "--out", help="Run folder (study, results); re-run to resume."),
     trials: int = typer.Option(50, "--trials", min=1, help="COMPLETE trials the study ends with."),
-    max_params: Optional[float] = typer.Option(None, "--max-params", help="Budget: at most this many parameters."),
-    max_params_frac: Optional[float] = typer.Option(None, "--max-params-frac", help="Budget: at most this fraction "
-                                                    "(0, 1] of the original's parameters."),
-    max_macs: Optional[float] = typer.Option(None, "--max-macs", help="Budget: at most this many MACs."),
-    max_macs_frac: Optional[float] = typer.Option(None, "--max-macs-frac", help="Budget: at most this fraction (0, 1] "
-                                                  "of the original's MACs."),
-    max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Budget: at most this latency (ms)."),
+    max_params: Optional[float] = _budget("--max-params", "Budget", "this many parameters"),
+    max_params_frac: Optional[float] = _budget("--max-params-frac", "Budget", "this fraction (0, 1] of the original's "
+                                               "parameters"),
+    max_macs: Optional[float] = _budget("--max-macs", "Budget", "this many MACs"),
+    max_macs_frac: Optional[float] = _budget("--max-macs-frac", "Budget", "this fraction (0, 1] of the original's MACs"),
+    max_latency_ms: Optional[float] = _budget("--max-latency-ms", "Budget", "this latency (ms)"),
     objectives: str = typer.Option("score,params", "--objectives", help="Comma-separated: score, params, macs, latency."),
     sampler: str = typer.Option("auto", "--sampler", help="auto, nsga2, tpe, random, gp."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL to share the study between workers "
@@ -211,14 +215,14 @@ def extract_cmd(
     out: Path = typer.Option(..., "--out", help="Where to save the subnet."),
     trial: Optional[int] = typer.Option(None, "--trial", help="Trial number to extract."),
     best: bool = typer.Option(False, "--best", help="Extract the best-scoring trial (within the budgets below)."),
-    max_params: Optional[float] = typer.Option(None, "--max-params", help="With --best: at most this many parameters."),
-    max_params_frac: Optional[float] = typer.Option(None, "--max-params-frac", help="With --best: at most this "
-                                                    "fraction (0, 1] of the original's parameters."),
-    max_macs: Optional[float] = typer.Option(None, "--max-macs", help="With --best: at most this many MACs."),
-    max_macs_frac: Optional[float] = typer.Option(None, "--max-macs-frac", help="With --best: at most this fraction "
-                                                  "(0, 1] of the original's MACs."),
-    max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="With --best: at most this latency "
-                                                   "(ms, as measured by the search)."),
+    max_params: Optional[float] = _budget("--max-params", "With --best", "this many parameters"),
+    max_params_frac: Optional[float] = _budget("--max-params-frac", "With --best", "this fraction (0, 1] of the "
+                                               "original's parameters"),
+    max_macs: Optional[float] = _budget("--max-macs", "With --best", "this many MACs"),
+    max_macs_frac: Optional[float] = _budget("--max-macs-frac", "With --best", "this fraction (0, 1] of the original's "
+                                             "MACs"),
+    max_latency_ms: Optional[float] = _budget("--max-latency-ms", "With --best", "this latency (ms, as measured by the "
+                                              "search)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already saved in --out."),
 ) -> None:
     """Extract a subnet found by `osf search` as a real, smaller model."""
