@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 import osf.elastic.verify as verify_module
-from osf.elastic.importance import (IMPORTANCE_METHODS, activation_importance, block_importance, eval_mode,
-                                    magnitude_importance)
+from osf.elastic.importance import (DATA_METHODS, IMPORTANCE_METHODS, block_importance, channel_importance,
+                                    eval_mode, greedy_block_order, resolve_calibration, warn_random_inputs)
 from osf.errors import InputTypeError
 from osf.ir import IR, analyze
 from osf.ir.apply import SkipBlock, apply_attributes, get_tensor, permute_dims, select_positions
@@ -106,6 +106,7 @@ class Supernet(nn.Module):
         every parameter once, under the model's own names."""
         self._full: dict[str, torch.Tensor] = {name: get_tensor(self.model, name) for name in self.ir.tensor_axes}
         self._slices: dict[tuple, _Slice] = {}  # (name, sizes) -> its slice
+        self._plans: dict[tuple, list[tuple[int, torch.Tensor]]] = {}  # (name, sizes) -> [(axis, kept positions)]
         self._gathered_bytes = 0
         self._gathered: dict[tuple, None] = {}  # cache keys of copies, oldest first
         # gathered slices are copies: cache at most half the model's size of them
@@ -259,17 +260,20 @@ class Supernet(nn.Module):
         memory budget, and taken again once the full tensor changes.
         """
         full = self._full[name]
-        sel = {d: torch.arange(k) for d, k in zip(self._tensor_dims[name], key) if k != self.ir.dims[d].size}
         cache_key = (name, key)
         if cache_key in self._slices:
             self._forget(cache_key)
+        plan = self._plans.get(cache_key)
+        if plan is None:  # the kept positions per axis depend on the layout only: found once per key
+            sel = {d: torch.arange(k) for d, k in zip(self._tensor_dims[name], key) if k != self.ir.dims[d].size}
+            plan = [(axis, pos) for axis in range(full.dim())
+                    if (pos := self.ir.positions(name, axis, sel)) is not None]
+            self._plans[cache_key] = plan
         view, gathered = full, False
         with torch.inference_mode(False), torch.set_grad_enabled(full.requires_grad):
-            for axis in range(full.dim()):
-                pos = self.ir.positions(name, axis, sel)
-                if pos is not None:
-                    view, copied = select_positions(view, axis, pos)
-                    gathered |= copied
+            for axis, pos in plan:
+                view, copied = select_positions(view, axis, pos)
+                gathered |= copied
         plain = view.detach()
         if isinstance(full, nn.Parameter):
             plain = nn.Parameter(plain, requires_grad=full.requires_grad)
@@ -473,19 +477,22 @@ def _first_samples(inputs: Any, n: int = 1, max_tokens: int = 16) -> Any:
     return inputs
 
 
-def build_space(ir: IR, block_order: list[str] | None = None, depth: bool = True) -> SearchSpace:
-    """The default space: :func:`default_choices` per dim; stacks may drop up to half."""
+def build_space(ir: IR, block_order: list[str] | None = None, depth: bool = True,
+                min_depth: float = 0.25) -> SearchSpace:
+    """The default space: :func:`default_choices` per dim; each stack keeps at least ``min_depth``
+    of its layers (default a quarter: up to 3/4 may be dropped), and at least one."""
     dims = {d.name: default_choices(d.size, d.kind) for d in ir.dims.values()}
     stacks: dict[str, list[str]] = {}
-    min_depth: dict[str, int] = {}
+    min_depth_of: dict[str, int] = {}
     if depth:
         order = {name: i for i, name in enumerate(block_order or [b.name for b in ir.blocks])}
         for stack, blocks in ir.stacks.items():
             names = sorted((b.name for b in blocks), key=lambda n: order.get(n, 0))
             stacks[stack] = names
             n_layers = len(ir.model.get_submodule(stack)) if stack else len(names)
-            min_depth[stack] = max(len(names) - n_layers // 2, 0) if n_layers > 1 else len(names)
-    return SearchSpace(dims=dims, stacks=stacks, min_depth=min_depth)
+            droppable = n_layers - max(1, math.ceil(min_depth * n_layers - 1e-9))
+            min_depth_of[stack] = max(len(names) - droppable, 0) if n_layers > 1 else len(names)
+    return SearchSpace(dims=dims, stacks=stacks, min_depth=min_depth_of)
 
 
 def supernet(model: nn.Module, example_inputs: Any = None, config: "SupernetConfig | None" = None, *,
@@ -502,9 +509,15 @@ def supernet(model: nn.Module, example_inputs: Any = None, config: "SupernetConf
             the default shown here without a config).
         space: overrides of the default choices: glob patterns on dim names, e.g.
             ``{"*:d_inner": [4096, 3072, 2048], "*:d_state": [16, 8]}``, or a JSON/YAML path.
-        importance: ``"magnitude"`` (default; no data) or ``"activation"`` (needs ``calibration``).
-        calibration: an iterable of model inputs for activation and block importance.
-        depth: make residual layers droppable, keeping at least half of each stack (default True).
+        importance: channel importance, ``"auto"`` (default: ``"taylor"`` with calibration data,
+            ``"magnitude"`` without), ``"magnitude"``, ``"activation"``, ``"taylor"`` or
+            ``"fisher"`` (the last three need calibration data).
+        calibration: data to rank channels and layers on: an evaluator (``LMEval``,
+            ``Perplexity``, ``ImageAccuracy``: a sample of its data held out from what it scores)
+            or an iterable of model inputs (dicts may hold ``labels``). Without it, layers are
+            ranked on random example inputs, with a warning.
+        depth: make residual layers droppable, keeping at least ``min_depth`` (a
+            :class:`osf.SupernetConfig` field, default 1/4) of each stack (default True).
         copy: build on a deep copy and leave ``model`` untouched.
         kernels: run Hugging Face Mamba mixers through :mod:`osf.kernels` (the fused CUDA
             scan when ``mamba_ssm`` is present, OSF's own scans otherwise; default True).
@@ -527,20 +540,46 @@ def supernet(model: nn.Module, example_inputs: Any = None, config: "SupernetConf
     base = config if config is not None else SupernetConfig()
     given = {"space": space, "importance": importance, "depth": depth, "kernels": kernels, "verify": verify}
     overrides = {k: v for k, v in given.items() if v is not None}
+    calibration = resolve_calibration(calibration)  # an evaluator gives its held-out sample
     flags = {k: overrides.get(k, getattr(base, k)) for k in ("depth", "kernels", "verify")}
     check_supernet_args(model, example_inputs, overrides.get("space", base.space), calibration, depth=flags["depth"],
                         copy=copy, kernels=flags["kernels"], verify=flags["verify"])
     importance = overrides.get("importance", base.importance)
     if importance not in IMPORTANCE_METHODS:
         raise ValueError(f"importance must be one of {IMPORTANCE_METHODS}, got {importance!r}")
-    if importance == "activation" and calibration is None:
-        raise ValueError("importance='activation' needs calibration batches (an iterable of model inputs)")
+    if importance in DATA_METHODS and calibration is None:
+        raise ValueError(f"importance={importance!r} needs calibration data (an evaluator, or an iterable of model "
+                         "inputs); importance='magnitude' needs none")
     calibration = list(calibration) if calibration is not None else None
     overrides["calibration_batches"] = len(calibration) if calibration is not None else None
     build_config = dataclasses.replace(base, **overrides)
     if copy:
         model = copy_module.deepcopy(model)
     return _build(model, example_inputs, build_config, calibration)
+
+
+def rank(ir: IR, model: nn.Module, space: SearchSpace, config: "SupernetConfig", calibration: list[Any] | None,
+         example_inputs: Any, permuted: list[str]) -> SearchSpace:
+    """Reorder the channels of ``permuted`` dims by importance (in place, function-preserving) and
+    return ``space`` with its stacks in drop order (dims and depth floors kept)."""
+    scores = channel_importance(ir, config.importance, calibration, model)
+    permute_dims(ir, {d: torch.argsort(scores[d], descending=True, stable=True) for d in permuted})
+    if not ir.blocks or not space.stacks:
+        return space
+    greedy = calibration and config.block_order in ("auto", "greedy")
+    if config.block_order == "greedy" and not calibration:
+        raise ValueError("block_order='greedy' needs calibration data (an evaluator, or an iterable of model inputs)")
+    if greedy:
+        drops = {s: len(names) - space.min_depth.get(s, len(names)) for s, names in space.stacks.items()}
+        order = greedy_block_order(ir, calibration, model, max_drops=drops)
+    else:
+        if not calibration:
+            warn_random_inputs("layers (osf.supernet without calibration=)")
+        block_scores = block_importance(ir, calibration or [example_inputs], model)
+        order = sorted(block_scores, key=lambda b: block_scores[b])
+    # the stacks now list blocks in drop order; the dims and depth floors stay as restricted
+    return dataclasses.replace(space, stacks=build_space(ir, order, depth=config.depth,
+                                                         min_depth=config.min_depth).stacks)
 
 
 def _build(model: nn.Module, example_inputs: Any, config: "SupernetConfig", calibration: list[Any] | None = None, *,
@@ -563,18 +602,12 @@ def _build(model: nn.Module, example_inputs: Any, config: "SupernetConfig", cali
         if restore is not None:
             space_obj, permuted = restore, []
         else:
-            space_obj = build_space(ir, None, depth=config.depth)
+            space_obj = build_space(ir, None, depth=config.depth, min_depth=config.min_depth)
             if config.space is not None:
                 space_obj = space_obj.restrict(config.space)
             # a dim kept whole by space= is not reordered: pinning it keeps a doubtful dim out entirely
             permuted = [d for d in ir.dims if len(space_obj.dims[d]) > 1]
-            scores = (activation_importance(ir, calibration, model) if config.importance == "activation"
-                      else magnitude_importance(ir, model))
-            permute_dims(ir, {d: torch.argsort(scores[d], descending=True, stable=True) for d in permuted})
-            block_scores = block_importance(ir, calibration or [example_inputs], model) if ir.blocks else {}
-            order = sorted(block_scores, key=lambda b: block_scores[b])
-            # the stacks now list blocks in drop order; the dims and depth floors stay as restricted
-            space_obj = dataclasses.replace(space_obj, stacks=build_space(ir, order, depth=config.depth).stacks)
+            space_obj = rank(ir, model, space_obj, config, calibration, example_inputs, permuted)
         if config.kernels:
             _use_osf_kernels(model)
         sn = Supernet(model, ir, space_obj, example_inputs)
