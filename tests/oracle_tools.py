@@ -34,6 +34,11 @@ def randomise_constants(model: nn.Module, seed: int = 0) -> nn.Module:
     """
     g = torch.Generator().manual_seed(seed)
     seen = set()
+    # non-persistent buffers (rotary frequencies, ALiBi slopes, masks) are derived constants that a
+    # saved model rebuilds from its config; the analysis keeps their shape, so they stay as they are
+    for path, mod in model.named_modules():
+        for b in getattr(mod, "_non_persistent_buffers_set", ()):
+            seen.add(id(getattr(mod, b)))
     named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
     for name, t in named:
         if id(t) in seen or not t.is_floating_point() or t.numel() <= 1:
@@ -176,7 +181,11 @@ def reference_subnet(sn, cfg: dict, fresh: nn.Module, run_inputs) -> nn.Module:
     ir = sn.ir
     with sn.use(sn.space.largest()):
         full = {k: v.detach().clone() for k, v in sn.model.state_dict().items()}
+        # non-persistent buffers too (rotary frequencies, masks): the fixture may have randomised them
+        extra = {k: v.detach().clone() for k, v in sn.model.named_buffers() if k not in full}
     fresh.load_state_dict(full, strict=True)
+    for k, v in extra.items():
+        get_tensor(fresh, k).copy_(v)
     # how each droppable layer returns its output (tensor, or a tuple of n), seen by running it
     formats: dict[str, int] = {}
     hooks = [fresh.get_submodule(b.name).register_forward_hook(

@@ -396,7 +396,34 @@ def select(ctx: Context, node: fx.Node) -> None:
         ctx.unify(u, v)
 
 
-@rule("index_select", "gather", "take_along_dim", "scatter", "scatter_add", "index_add", "index_copy",
+_INDEX_DIM_ARG = {"topk": (2, "dim"), "kthvalue": (2, "dim"), "take": (99, "_none"), "masked_select": (99, "_none"),
+                  "masked_scatter": (99, "_none")}
+
+
+@rule("index_add", "index_add_", "index_copy", "index_copy_")
+def index_add(ctx: Context, node: fx.Node) -> None:
+    """``x.index_add(d, index, source)``: rows of ``source`` along ``d`` go to rows ``index`` of
+    ``x``; every other axis of ``source`` is ``x``'s (a mixture of experts adds each expert's
+    output into the token rows it was routed)."""
+    x, source = _args(node)[0], _arg(node, 3, "source")
+    dim = _arg(node, 1, "dim")
+    xa, sa, out = ctx.axes(x), ctx.axes(source), ctx.axes(node)
+    if xa is None or sa is None or out is None or not isinstance(dim, int) or len(sa) != len(xa) \
+            or not -len(xa) <= dim < len(xa):
+        return ctx.fix_node(node)
+    d = _norm_dim(dim, len(xa))
+    for k in range(len(xa)):
+        if k == d:
+            for v in (xa[k], sa[k], out[k]):
+                ctx.alg.fix(v, "index_add rows")
+        else:
+            ctx.unify(xa[k], out[k])
+            ctx.unify(sa[k], out[k])
+    for v in ctx.axes(_arg(node, 2, "index")) or []:
+        ctx.alg.fix(v, "index")
+
+
+@rule("index_select", "gather", "take_along_dim", "scatter", "scatter_add",
       "scatter_", "index_put", "index_put_", "masked_select", "masked_scatter", "take", "sort", "topk",
       "argsort", "kthvalue", "cummax", "cummin")
 def index_ops(ctx: Context, node: fx.Node) -> None:
@@ -404,9 +431,13 @@ def index_ops(ctx: Context, node: fx.Node) -> None:
     xa = ctx.axes(x)
     if xa is None:
         return ctx.fix_node(node)
-    dim = _arg(node, 1, "dim")
+    op = node.meta["op"]
+    # topk(k, dim) and kthvalue(k, dim) take the axis second; the others first (take, masked_* none)
+    dim = _arg(node, *_INDEX_DIM_ARG.get(op, (1, "dim")))
+    if dim is None and op in ("topk", "kthvalue", "sort", "argsort", "cummax", "cummin"):
+        dim = -1
     outs = [o for o in ctx.outputs(node) if o is not None]
-    if isinstance(dim, int) and all(len(o) == len(xa) for o in outs):
+    if isinstance(dim, int) and -len(xa) <= dim < len(xa) and all(len(o) == len(xa) for o in outs):
         d = _norm_dim(dim, len(xa))
         ctx.alg.fix(xa[d], node.meta["op"])
         for o in outs:
@@ -566,9 +597,14 @@ def matmul(ctx: Context, node: fx.Node) -> None:
 
 @rule("baddbmm", "addmm", "addbmm", "addmv")
 def addmm(ctx: Context, node: fx.Node) -> None:
-    bias, a, b = _args(node)[0], _args(node)[1], _args(node)[2]
+    """``beta * input + alpha * (a @ b)``, the products given by position or by keyword
+    (``alibi.baddbmm(batch1=q, batch2=k, ...)``, as ALiBi attention writes it)."""
+    names = {"baddbmm": ("batch1", "batch2"), "addbmm": ("batch1", "batch2"), "addmm": ("mat1", "mat2"),
+             "addmv": ("mat", "vec")}[node.meta["op"]]
+    bias = _arg(node, 0, "input", _arg(node, 0, "self"))
+    a, b = _arg(node, 1, names[0]), _arg(node, 2, names[1])
     aa, ba, out = ctx.axes(a), ctx.axes(b), ctx.axes(node)
-    if aa is None or ba is None or out is None:
+    if aa is None or ba is None or out is None or len(ba) < 2 or node.meta["op"] == "addbmm":
         return ctx.fix_node(node)
     ctx.unify(aa[-1], ba[-2])
     ctx.unify(out[-1], ba[-1])
@@ -579,6 +615,24 @@ def addmm(ctx: Context, node: fx.Node) -> None:
     bb = ctx.axes(bias)
     if bb is not None:
         ctx.unify_broadcast(out, bb, bias, node)
+
+
+@rule("_grouped_mm", "grouped_mm", "grouped_mm_fallback")
+def grouped_mm(ctx: Context, node: fx.Node) -> None:
+    """``grouped_mm(x (S, in), w (experts, in, out), offs)`` -> (S, out): each row of ``x`` times
+    the matrix of its expert (fused mixture-of-experts weights). The expert axis and the offsets
+    are routing, not channels."""
+    x, w = _args(node)[0], _arg(node, 1, "weight", _arg(node, 1, "mat_b"))
+    xa, wa, out = ctx.axes(x), ctx.axes(w), ctx.axes(node)
+    if xa is None or wa is None or out is None or len(xa) != 2 or len(wa) != 3 or len(out) != 2:
+        return ctx.fix_node(node)
+    ctx.unify(xa[-1], wa[-2])
+    ctx.unify(out[-1], wa[-1])
+    ctx.unify(xa[0], out[0])
+    ctx.alg.fix(wa[0], "experts (routed by index)")
+    offs = _arg(node, 2, "offs")
+    for v in ctx.axes(offs) or []:
+        ctx.alg.fix(v, "grouped_mm offsets")
 
 
 @rule("einsum")

@@ -63,6 +63,8 @@ class TracedInt(int):
         return obj
 
     def _binary(self, other: Any, op: Callable, name: str, reverse: bool = False):
+        if not isinstance(other, int):  # a float, a tensor (T5's max_exact + log(...)): their own operators
+            return NotImplemented
         result = op(int(other), int(self)) if reverse else op(int(self), int(other))
         if not isinstance(other, int) or isinstance(other, bool) or not isinstance(result, int):
             return result
@@ -348,8 +350,7 @@ class Tracer:
                     items.append(self.bind_output(g, o))
                 else:
                     items.append(o)
-            return type(out)(items) if isinstance(out, list) else (
-                type(out)(*items) if hasattr(out, "_fields") else tuple(items))
+            return _same_kind(out, items)
         return out
 
     # --------------------------------------------------------------- recording
@@ -447,6 +448,18 @@ class Tracer:
         finally:
             for d, k, v in saved:
                 d[k] = v
+
+
+def _same_kind(like: tuple | list, items: list) -> Any:
+    """``items`` in the container type of ``like``: a list, a named tuple, a torch struct
+    sequence (``x.max(dim=1).values``) or a plain tuple."""
+    if isinstance(like, list):
+        return type(like)(items)
+    if hasattr(like, "_fields"):
+        return type(like)(*items)
+    if hasattr(type(like), "n_fields"):
+        return type(like)(items)
+    return tuple(items)
 
 
 def _is_tensor_method(func: Callable) -> bool:
