@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -11,8 +13,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="OSF: Optimiz
 err_console = Console(stderr=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from osf import __version__
+
+        typer.echo(f"osf {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the osf version and exit."),
+) -> None:
     """OSF: turn a trained model into a weight-sharing supernet, search it, extract subnets."""
 
 
@@ -46,6 +59,38 @@ def inspect(
         render(report, Console(width=max(Console().width, 150)))
 
 
+def push_cmd(
+    path: Path = typer.Argument(..., help="A subnet folder (osf extract), a supernet checkpoint folder "
+                                "(sn.save_pretrained), or a search run folder holding its extracted subnet."),
+    repo_id: str = typer.Option(..., "--repo-id", help="The model repository, namespace/name (created if missing)."),
+    private: bool = typer.Option(False, "--private", help="Create the repository private."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only prepare the folder that would be uploaded; print its "
+                                 "path and files."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where to prepare the upload (new or empty folder; "
+                                           "default a temporary one)."),
+    message: Optional[str] = typer.Option(None, "--message", help="Commit title (default: Upload <kind> with OSF)."),
+) -> None:
+    """Upload a subnet or supernet checkpoint to the Hugging Face Hub, with a model card (token: HF_TOKEN or
+    `hf auth login`)."""
+    from osf.hub import PushError, folder_files, push
+
+    try:
+        where = push(path, repo_id, private=private, dry_run=dry_run, commit_message=message, out_dir=out_dir)
+    except (ValueError, PushError) as e:
+        fail(" ".join(str(e).split()))
+    files = folder_files(where) if dry_run else []
+    if dry_run:
+        total = sum(size for _, size in files)
+        typer.echo(f"dry run: prepared {where} ({len(files)} files, {total:,} bytes) for "
+                   f"{'private ' if private else ''}repository {repo_id}; nothing was uploaded")
+        for name, size in files:
+            typer.echo(f"  {name}  {size:,}")
+        typer.echo(f"read {Path(where) / 'README.md'}, then push with: osf push {where} --repo-id {repo_id}"
+                   + (" --private" if private else ""))
+    else:
+        typer.echo(f"pushed {path} to {where}")
+
+
 def main() -> None:
     app()
 
@@ -62,6 +107,13 @@ def _register_train(app: typer.Typer) -> None:
 
 
 _register_train(app)
+
+
+def _register_push(app: typer.Typer) -> None:
+    app.command("push")(push_cmd)
+
+
+_register_push(app)
 
 if __name__ == "__main__":
     main()

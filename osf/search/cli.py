@@ -287,7 +287,7 @@ def extract_cmd(
         raise ValueError(str(e).replace("pass overwrite=True", "pass --overwrite")) from None
     if pre is not None and hasattr(pre, "save_pretrained"):
         pre.save_pretrained(str(out))
-    from osf.search.card import write_card
+    from osf.search.card import save_search_record, search_record, write_card
 
     rows = result.trials
     row = rows[rows["number"] == number].iloc[0].to_dict() if "number" in rows else {}
@@ -301,8 +301,10 @@ def extract_cmd(
         except Exception as e:  # the card says so; the subnet itself is saved and fine
             notes.append(f"MACs: not counted ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
     meta = getattr(sub, "_osf_subnet", None) or {}
-    write_card(out, spec, number, cfg, metrics, reference, study.user_attrs.get("osf_metric"),
-               meta.get("config_expresses_subnet"), notes)
+    record = search_record(spec, result, number, meta.get("config", cfg), metrics, reference, study.user_attrs.get("osf_metric"),
+                           meta.get("config_expresses_subnet"), notes)
+    save_search_record(out, record, result)
+    write_card(out)
     typer.echo(f"trial {number}: {sn.num_params(cfg):,} parameters -> {out}")
 
 
