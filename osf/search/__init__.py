@@ -13,10 +13,11 @@ from osf.search.result import SearchResult
 from osf.search.study import search
 from osf.space import config_key
 from osf.search.tasks import make_lastword_task
+from osf.search.zeroshot import ZeroShotAccuracy
 
 __all__ = [
     "CallableEvaluator", "Evaluator", "ImageAccuracy", "LMEval", "Perplexity", "SearchResult", "SupernetLike",
-    "as_evaluator", "config_key", "make_lastword_task", "search",
+    "ZeroShotAccuracy", "as_evaluator", "config_key", "make_lastword_task", "search",
 ]
 
 

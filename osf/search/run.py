@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from osf.search.storage import JOURNAL_NAME
+from osf.search.tasks import ZEROSHOT_DATASETS, ZEROSHOT_TASK
 
 RUN_FILE = "run.json"
 IMAGE_TASKS = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagefolder", "imagefolder": "imagefolder"}
 BUILTIN_TASKS = (*IMAGE_TASKS, "perplexity")
+ZEROSHOT_TASKS = tuple(f"{ZEROSHOT_TASK}:{d}" for d in ZEROSHOT_DATASETS)  # see osf.search.tasks.zeroshot_dataset
 REQUIRED_KEYS = ("model", "task", "objectives", "space", "study_name")
 # what makes a run's scores comparable: a change refuses to resume it (key -> how the user sets it)
 IDENTITY = {
@@ -70,20 +72,23 @@ def _auto_preprocessor(name: str) -> Any:
 
 def check_task_inputs(task: str, data: str | Path | None, include_path: str | Path | None) -> None:
     """Validate ``--task``/``--data``/``--include-path`` before any model is loaded."""
+    from osf.search.tasks import zeroshot_dataset
+
     names = [t.strip() for t in task.split(",")]
     if not task.strip() or not all(names):
         raise ValueError(f"--task {task!r} is empty or has an empty name; give {', '.join(BUILTIN_TASKS)} or lm-eval task names")
-    own = [t for t in names if t in BUILTIN_TASKS]
+    own = [t for t in names if t in BUILTIN_TASKS or zeroshot_dataset(t)]
     if own and len(names) > 1:
         raise ValueError(f"--task {task!r}: {own[0]!r} cannot be combined with other tasks; only lm-eval tasks combine")
-    if task in IMAGE_TASKS:
+    if task in IMAGE_TASKS or zeroshot_dataset(task):
+        kind = zeroshot_dataset(task) or task
         if data is None:
             raise ValueError(f"task {task!r} needs --data DIR (the {task} evaluation data)")
         if not Path(data).exists():
             raise FileNotFoundError(f"--data {str(data)!r} does not exist")
         if not Path(data).is_dir():
             want = {"cifar10": "the python-pickle batches (test_batch, data_batch_1..5)",
-                    "cifar100": "the python-pickle files (test, train)"}.get(task, "<split>/<class>/*.JPEG")
+                    "cifar100": "the python-pickle files (test, train)"}.get(kind, "<split>/<class>/*.JPEG")
             raise NotADirectoryError(f"--data {str(data)!r} is a file; task {task!r} needs a folder holding {want}")
     elif task == "perplexity":
         if data is None or not Path(data).exists():
@@ -112,7 +117,7 @@ def _check_lm_tasks(names: list[str], include_path: str | Path | None) -> None:
             close = difflib.get_close_matches(t, [*BUILTIN_TASKS, *known], n=5, cutoff=0.6)
             hint = f"did you mean {', '.join(close)}? " if close else ""
             local = "" if include_path is not None else " (local task YAMLs need --include-path DIR)"
-            raise ValueError(f"unknown task {t!r}: {hint}built-in tasks are {', '.join(BUILTIN_TASKS)}; any other "
+            raise ValueError(f"unknown task {t!r}: {hint}built-in tasks are {', '.join((*BUILTIN_TASKS, *ZEROSHOT_TASKS))}; any other "
                              f"name must be an lm-eval task{local}")
 
 
@@ -120,8 +125,15 @@ def check_model_kind(task: str, model: Any, model_name: str) -> None:
     """Refuse a model of the wrong kind for ``task`` (an image task on a language model, and back)."""
     from transformers import PreTrainedModel
 
+    from osf.search.tasks import zeroshot_dataset
+
     kind = type(model).__name__
     main = getattr(model, "main_input_name", None)
+    if zeroshot_dataset(task):
+        if not all(callable(getattr(model, m, None)) for m in ("get_text_features", "get_image_features")):
+            raise ValueError(f"model {model_name!r} ({kind}) has no text and image towers (get_text_features, "
+                             f"get_image_features), so it cannot be scored on --task {task}; use a CLIP-style model")
+        return
     if task in IMAGE_TASKS:
         if main is not None and main != "pixel_values":
             raise ValueError(f"model {model_name!r} ({kind}) takes {main!r}, not images, so it cannot be scored on "
@@ -137,7 +149,9 @@ def check_model_fits_task(task: str, model: Any, preprocessor: Any, evaluator: A
     """Refuse a model that cannot be scored by ``evaluator`` (too few classes, tokenizer too large, ...)."""
     import torch
 
-    if task in IMAGE_TASKS:
+    from osf.search.tasks import zeroshot_dataset
+
+    if task in IMAGE_TASKS or zeroshot_dataset(task):
         try:
             evaluator.check_model(model)
         except ValueError as e:
@@ -172,7 +186,23 @@ def weights_checksum(model: Any) -> str:
 def build_evaluator(task: str, preprocessor: Any, *, data: str | Path | None = None, include_path: str | Path | None = None,
                     limit: int | None = None, batch_size: int = 16, device: str | None = None, split: str | None = None,
                     num_fewshot: int | None = None) -> Any:
-    """The evaluator for a CLI ``--task``: an image task, ``perplexity``, or lm-eval task names."""
+    """The evaluator for a CLI ``--task``: an image task, ``clip-zeroshot:<dataset>``, ``perplexity``, or lm-eval
+    task names."""
+    from osf.search.tasks import zeroshot_dataset
+
+    zs = zeroshot_dataset(task)
+    if zs:
+        from osf.search.zeroshot import ZeroShotAccuracy
+
+        if num_fewshot:
+            raise ValueError(f"--num-fewshot applies to lm-eval tasks only, not to --task {task}")
+        tokenizer = getattr(preprocessor, "tokenizer", preprocessor)
+        if tokenizer is None or not callable(tokenizer) or not hasattr(tokenizer, "pad_token"):
+            raise ValueError(f"task {task!r} encodes one prompt per class, and no tokenizer was found with the model; "
+                             "give a local Hugging Face folder or hub id that holds tokenizer files")
+        processor = preprocessor if hasattr(preprocessor, "image_processor") else None  # a CLIPProcessor
+        return ZeroShotAccuracy(f"{zs}:{data}", tokenizer=tokenizer, processor=processor, split=split,
+                                batch_size=batch_size, limit=limit)
     if task in IMAGE_TASKS:
         from osf.search.images import ImageAccuracy
 

@@ -1,4 +1,5 @@
-"""Local lm-eval tasks, usable offline through ``include_path``."""
+"""Task names beyond lm-eval's: local lm-eval tasks usable offline through ``include_path``
+(a LAMBADA-style last-word task), and the ``clip-zeroshot:<dataset>`` task of ``osf search``."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,26 @@ from typing import Iterable
 import yaml
 
 _WORD = re.compile(r"^[A-Za-z][A-Za-z'-]*[A-Za-z]$")
+
+ZEROSHOT_TASK = "clip-zeroshot"
+# datasets whose class names ship with the data (osf.search.zeroshot.cifar_class_names)
+ZEROSHOT_DATASETS = ("cifar10", "cifar100")
+
+
+def zeroshot_dataset(task: str) -> str | None:
+    """The dataset of a ``clip-zeroshot:<dataset>`` task name (``None`` for any other task).
+
+    Raises:
+        ValueError: the name starts with ``clip-zeroshot`` but names no supported dataset.
+    """
+    head, sep, dataset = task.strip().partition(":")
+    if head != ZEROSHOT_TASK:
+        return None
+    if not sep or dataset not in ZEROSHOT_DATASETS:
+        allowed = ", ".join(f"{ZEROSHOT_TASK}:{d}" for d in ZEROSHOT_DATASETS)
+        raise ValueError(f"--task {task!r}: zero-shot CLIP tasks are {allowed} (with --data DIR holding the "
+                         "python-pickle batches and their meta file of class names)")
+    return dataset
 
 
 def lastword_passages(texts: Iterable[str], n: int | None = None, min_words: int = 12, max_words: int = 48,
