@@ -8,13 +8,12 @@ import torch
 from torch import nn
 
 from osf.elastic.importance import eval_mode
+from osf.elastic.validate import META_ATTR
 from osf.ir.apply import get_tensor, remove_blocks, renumber
 from osf.space import Config
 
 if TYPE_CHECKING:
     from osf.elastic.supernet import Supernet
-
-META_ATTR = "_osf_subnet"  # the subnet's description, written next to its weights by save_subnet
 
 
 def extract(sn: "Supernet", cfg: Config, verify: bool = True) -> nn.Module:
@@ -78,15 +77,13 @@ def extract(sn: "Supernet", cfg: Config, verify: bool = True) -> nn.Module:
 
 def _save_pretrained_with_meta(self: nn.Module, save_directory, *args, **kwargs):
     """``save_pretrained`` that also writes the subnet description, so per-layer sizes survive
-    (:func:`osf.load_subnet` reads the folder back; push_to_hub goes through here too)."""
-    import json
-    from pathlib import Path
+    (:func:`osf.load_subnet` reads the folder back; push_to_hub goes through here too), and for a
+    subnet its config cannot express, the code that loads it without osf."""
+    from osf.elastic.io import describe_saved_subnet
 
     kwargs.setdefault("save_original_format", False)
     out = type(self).save_pretrained(self, save_directory, *args, **kwargs)
-    meta = dict(getattr(self, META_ATTR))
-    meta["hf_config"] = self.config.to_dict()  # lets load_subnet notice a hand-edited config.json
-    Path(save_directory, "osf_subnet.json").write_text(json.dumps(meta, indent=2, default=str))
+    describe_saved_subnet(self, save_directory)
     return out
 
 

@@ -4,11 +4,19 @@ A subnet folder holds the weights (``model.safetensors``), for Hugging Face mode
 ``config.json``, and ``osf_subnet.json``: the config, the tensor shapes, the size attributes
 and the dropped layers, all in the original model's layout. Where the Hugging Face config can
 express the subnet (uniform sizes), the folder also loads with plain ``from_pretrained``.
+Where it cannot (sizes that differ from layer to layer), the folder also holds the code that
+rebuilds the subnet (:mod:`osf.elastic.portable`, copied as ``osf_portable.py``, and a
+``modeling_osf_subnet.py`` of subclasses of the original classes), named in the config's
+``auto_map``: ``AutoModelFor*.from_pretrained(folder, trust_remote_code=True)`` loads it
+without osf.
 """
 from __future__ import annotations
 
+import copy
 import importlib
+import inspect
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +24,11 @@ import torch
 from safetensors.torch import save_model
 from torch import nn
 
-from osf.elastic.extract import META_ATTR
-from osf.elastic.validate import (SUBNET, check_config_matches_weights, check_saved_folder, prepare_save_folder,
-                                  read_meta, read_safetensors)
+from osf.elastic import portable
+from osf.elastic.validate import (META_ATTR, MODELING_FILE, PORTABLE_FILE, SUBNET, check_config_matches_weights,
+                                  check_saved_folder, prepare_save_folder, read_meta, read_safetensors)
 from osf.errors import InputTypeError
-from osf.ir.apply import is_non_persistent, remove_blocks, set_tensor, sync_module_attributes, tied_names
+from osf.ir.apply import is_non_persistent, tied_names
 
 META_FILE = SUBNET.meta_file
 WEIGHTS_FILE = "model.safetensors"
@@ -50,16 +58,26 @@ def save_subnet(model: nn.Module, path: str | Path, *, overwrite: bool = False) 
         raise ValueError("this model was not extracted by osf (no subnet description): use "
                          "sn.extract(config) to get a subnet, or save it with save_pretrained")
     path = prepare_save_folder(path, overwrite)
-    meta = dict(meta)
-    if hasattr(getattr(model, "config", None), "to_dict"):
-        meta["hf_config"] = model.config.to_dict()  # lets load_subnet notice a hand-edited config.json
     if hasattr(model, "save_pretrained"):
         # current tensor names, so osf can read them back without transformers' renaming
         type(model).save_pretrained(model, path, save_original_format=False)
     else:
         save_model(model, str(path / WEIGHTS_FILE))  # stores tied tensors once
-    (path / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    describe_saved_subnet(model, path)
     return path
+
+
+def describe_saved_subnet(model: nn.Module, path: str | Path) -> None:
+    """Complete a folder that ``model`` (an extracted subnet) was just saved into: write its
+    description (``osf_subnet.json``) and, when its Hugging Face config cannot express it,
+    the code that rebuilds it from ``config.json`` where osf is not installed."""
+    path = Path(path)
+    meta = dict(getattr(model, META_ATTR))
+    if hasattr(getattr(model, "config", None), "to_dict"):
+        meta["hf_config"] = model.config.to_dict()  # lets load_subnet notice a hand-edited config.json
+        if not meta.get("config_expresses_subnet") and meta.get("original_config"):
+            _write_portable_code(model, meta, path)
+    (path / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
 
 
 def load_subnet(path: str | Path, model: nn.Module | None = None) -> nn.Module:
@@ -85,12 +103,7 @@ def load_subnet(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     elif type(model).__qualname__ != str(meta["class"]).rpartition(".")[2]:
         raise ValueError(f"model is a {type(model).__qualname__}, but this subnet comes from a {meta['class']}: "
                          "pass a fresh instance of that architecture")
-    for name, shape in meta["shapes"].items():
-        set_tensor(model, name, torch.empty(shape))
-    for a in meta["attributes"]:
-        setattr(model.get_submodule(a["module"]) if a["module"] else model, a["attr"], a["value"])
-    sync_module_attributes(model)
-    remove_blocks(model, meta["dropped"])
+    portable.apply_subnet(model, meta["shapes"], meta["attributes"], meta["dropped"])
     state = _read_weights(path)
     if (path / "config.json").is_file() and hasattr(model, "config"):
         try:
@@ -98,6 +111,9 @@ def load_subnet(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         except Exception as e:
             reason = " ".join(str(e).split()) or type(e).__name__
             raise ValueError(f"{path / 'config.json'} cannot be read ({reason}); save the subnet again") from None
+        for key in (portable.SPEC_KEY, "auto_map"):  # the loaded model is of the original class: no remote code
+            if key in vars(saved):
+                delattr(saved, key)
         check_config_matches_weights(model, saved, state, meta, path)
         _copy_fields(model.config, saved)
     expected = model.state_dict()
@@ -148,3 +164,130 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     for f in files:
         state.update(read_safetensors(f, SUBNET))
     return state
+
+
+# ------------------------------------------------------- loading without osf
+_SKIP_FIELDS = ("architectures", "auto_map", portable.SPEC_KEY)
+
+
+def _write_portable_code(model: nn.Module, meta: dict[str, Any], path: Path) -> None:
+    """Make the folder load with ``AutoModelFor*.from_pretrained(path, trust_remote_code=True)``:
+    write ``osf_portable.py`` (a verbatim copy of :mod:`osf.elastic.portable`), a
+    ``modeling_osf_subnet.py`` subclassing the original classes, and in ``config.json`` the
+    subnet's description (``osf_subnet``) and the ``auto_map`` naming those classes."""
+    cls = type(model)
+    if cls.__module__ == "__main__" or not _importable(cls):
+        warnings.warn(f"{cls.__qualname__} is not importable by name ({cls.__module__}), so the subnet in {path} "
+                      "loads only with osf.load_subnet, not with from_pretrained(..., trust_remote_code=True)",
+                      UserWarning, stacklevel=3)
+        return
+    config_file = path / "config.json"
+    saved = json.loads(config_file.read_text())
+    classes = _loadable_classes(model, meta["original_config"])
+    auto_map = {auto: f"{MODELING_FILE[:-3]}.{c.__name__}" for auto, c in classes.items()}
+    if not auto_map:
+        warnings.warn(f"no transformers Auto class maps config type {model.config.model_type!r} to "
+                      f"{cls.__qualname__}: {MODELING_FILE} in {path} defines the class, but no auto_map names it",
+                      UserWarning, stacklevel=3)
+    saved["auto_map"] = auto_map
+    saved[portable.SPEC_KEY] = {"format": portable.SPEC_FORMAT,
+                                "original": _changed_fields(meta["original_config"], saved),
+                                "shapes": meta["shapes"], "attributes": meta["attributes"],
+                                "dropped": meta["dropped"]}
+    (path / PORTABLE_FILE).write_text(inspect.getsource(portable))
+    (path / MODELING_FILE).write_text(_modeling_source(cls, sorted({c for c in classes.values()} | {cls},
+                                                                   key=lambda c: c.__name__), auto_map))
+    config_file.write_text(json.dumps(saved, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _importable(cls: type) -> bool:
+    try:
+        return getattr(importlib.import_module(cls.__module__), cls.__name__, None) is cls
+    except Exception:  # a module that fails to import again is no place to load from
+        return False
+
+
+def _modeling_source(saved: type, classes: list[type], auto_map: dict[str, str]) -> str:
+    loads = "\n".join(f"    {auto}.from_pretrained(folder, trust_remote_code=True)" for auto in sorted(auto_map))
+    lines = [
+        f'"""The {saved.__name__} subnet saved by osf, whose sizes differ from layer to layer.',
+        "",
+        "Each class below is the transformers class of the same name, built with the per-layer sizes",
+        "in ``config.osf_subnet`` by osf_portable.py. It loads without osf installed:",
+        "",
+        loads or f"    {saved.__name__}.from_pretrained(folder)  # this file's class",
+        '"""',
+    ]
+    lines += [f"from {c.__module__} import {c.__name__} as _{c.__name__}" for c in classes]
+    lines += ["", "from .osf_portable import SubnetMixin", ""]
+    for c in classes:
+        lines += ["", f"class {c.__name__}(SubnetMixin, _{c.__name__}):",
+                  f'    """``{c.__name__}`` with the subnet\'s sizes (``config.osf_subnet``)."""', ""]
+    return "\n".join(lines)
+
+
+def _loadable_classes(model: nn.Module, original_config: dict[str, Any]) -> dict[str, type]:
+    """Auto class name -> the class it builds for this config type, for the classes that hold
+    the subnet: the subnet's own class, and others of its family (its base model) whose
+    tensors are all among the subnet's, so the description rebuilds them too."""
+    from transformers.models.auto import modeling_auto
+
+    cls, model_type = type(model), getattr(model.config, "model_type", None)
+    family = importlib.import_module(cls.__module__)
+    out: dict[str, type] = {}
+    reference: dict[str, tuple[int, ...]] | None = None
+    for auto_name in sorted(n for n in dir(modeling_auto) if n.startswith("AutoModel")):
+        mapping = getattr(getattr(getattr(modeling_auto, auto_name), "_model_mapping", None), "_model_mapping", None)
+        names = mapping.get(model_type) if isinstance(mapping, dict) else None
+        for name in [names] if isinstance(names, str) else list(names or ()):
+            other = getattr(family, name, None)
+            if other is cls:
+                out[auto_name] = cls
+            elif isinstance(other, type) and issubclass(other, nn.Module):
+                if reference is None:
+                    reference = _meta_shapes(cls, original_config) or {}
+                if reference and _holds_only(other, original_config, reference):
+                    out[auto_name] = other
+    return out
+
+
+def _meta_shapes(cls: type, original_config: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
+    """The state-dict shapes of ``cls`` built from ``original_config`` on the meta device (None if it does not build)."""
+    try:
+        config = cls.config_class.from_dict(copy.deepcopy(original_config))
+        with torch.device("meta"):
+            built = cls(config)
+    except Exception:  # a class of the family that this config cannot build
+        return None
+    return {k: tuple(v.shape) for k, v in built.state_dict().items()}
+
+
+def _holds_only(other: type, original_config: dict[str, Any], reference: dict[str, tuple[int, ...]]) -> bool:
+    """Whether every tensor of ``other`` is one of ``reference``'s (as is, or under the base prefix),
+    with the same shape: then the subnet's description resizes all of them."""
+    shapes = _meta_shapes(other, original_config)
+    if not shapes:
+        return False
+    prefix = getattr(other, "base_model_prefix", "")
+    for k, s in shapes.items():
+        ref = reference.get(k, reference.get(f"{prefix}.{k}") if prefix else None)
+        if ref != s:
+            return False
+    return True
+
+
+def _changed_fields(original: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    """The size fields (ints, lists; nested configs recursed) whose saved value differs from the
+    original's, with the original value: the original architecture is built at these first."""
+    out: dict[str, Any] = {}
+    for key, value in original.items():
+        if key in _SKIP_FIELDS or key not in saved:
+            continue
+        now = saved[key]
+        if isinstance(value, dict) and isinstance(now, dict):
+            nested = _changed_fields(value, now)
+            if nested:
+                out[key] = nested
+        elif isinstance(value, (int, list)) and not isinstance(value, bool) and value != now:
+            out[key] = value
+    return out

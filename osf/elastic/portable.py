@@ -1,0 +1,206 @@
+"""Rebuild a subnet whose sizes differ from layer to layer, with nothing but torch.
+
+One routine, two users: :func:`osf.load_subnet` calls :func:`apply_subnet` on a freshly
+built original model, and :func:`osf.save_subnet` copies this very file, unchanged, into
+every subnet folder whose Hugging Face config cannot express the subnet. There the
+folder's generated ``modeling_osf_subnet.py`` subclasses the original Hugging Face classes
+with :class:`SubnetMixin`, so ``AutoModelFor*.from_pretrained(folder,
+trust_remote_code=True)`` (and lm-eval's ``--model hf`` with ``trust_remote_code=True``)
+load the subnet where osf is not installed.
+
+The subnet is described in ``config.osf_subnet`` (see :data:`SPEC_KEY`), in the original
+model's layout:
+
+- ``original``: the config fields whose subnet value differs from the original's (the
+  layer counts, ...), with their original values: the model is built at those first;
+- ``shapes``: tensor name -> shape, for every tensor the subnet resizes;
+- ``attributes``: ``{"module", "attr", "value"}`` size attributes the forward reads
+  (a mixer's ``intermediate_size``, an attention's ``num_attention_heads``...);
+- ``dropped``: the layers removed (``"<layer list>.<index>"``).
+
+This module must import nothing but torch and the standard library.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any, Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+SPEC_KEY = "osf_subnet"  # the config attribute holding the subnet's description
+SPEC_FORMAT = 1
+
+
+def apply_subnet(model: nn.Module, shapes: Mapping[str, Iterable[int]], attributes: Iterable[Mapping[str, Any]],
+                 dropped: Iterable[str]) -> nn.Module:
+    """Turn a freshly built original ``model`` into the subnet's architecture, in place.
+
+    Resized tensors become uninitialised ones of their new shape (same dtype and device,
+    the meta device included), size attributes are set, torch.nn primitives' sizes
+    (``in_features``, ``normalized_shape``...) follow their weights, and dropped layers are
+    removed from their layer lists. The weights are loaded afterwards.
+
+    Names are in the layout of the model the subnet was extracted from. A model that is
+    that model's base (``MambaModel`` for a ``MambaForCausalLM`` subnet) reads them without
+    the base prefix, and skips the head's.
+
+    Raises:
+        ValueError: a name that is not in ``model``.
+    """
+    for name, shape in shapes.items():
+        local = _local_name(model, name)
+        if local is not None:
+            _resize(model, local, tuple(int(s) for s in shape))
+    for a in attributes:
+        local = _local_name(model, a["module"], module=True)
+        if local is not None:
+            setattr(model.get_submodule(local) if local else model, a["attr"], copy.deepcopy(a["value"]))
+    sync_module_attributes(model)
+    by_stack: dict[str, set[int]] = {}
+    for block in dropped:
+        local = _local_name(model, block, module=True)
+        if local is not None:
+            stack, _, index = local.rpartition(".")
+            by_stack.setdefault(stack, set()).add(int(index))
+    for stack, indices in by_stack.items():
+        remove_layers(model, stack, indices)
+    return model
+
+
+def sync_module_attributes(model: nn.Module) -> None:
+    """Make torch.nn primitives' size attributes match their (possibly resized) weights."""
+    for mod in model.modules():
+        w = getattr(mod, "weight", None)
+        if isinstance(mod, nn.Linear):
+            mod.out_features, mod.in_features = mod.weight.shape
+        elif isinstance(mod, nn.modules.conv._ConvNd):
+            depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
+            mod.out_channels = w.shape[0]
+            if depthwise:
+                mod.groups = w.shape[0]
+            mod.in_channels = w.shape[1] * mod.groups
+        elif isinstance(mod, (nn.LayerNorm, nn.RMSNorm)) and w is not None:
+            mod.normalized_shape = tuple(w.shape)
+        elif isinstance(mod, nn.modules.batchnorm._NormBase):
+            ref = w if w is not None else getattr(mod, "running_mean", None)
+            if ref is not None:
+                mod.num_features = ref.shape[0]
+        elif isinstance(mod, nn.GroupNorm) and w is not None:
+            mod.num_channels = w.shape[0]
+        elif isinstance(mod, nn.Embedding):
+            mod.num_embeddings, mod.embedding_dim = mod.weight.shape
+
+
+def remove_layers(model: nn.Module, stack: str, indices: set[int]) -> None:
+    """Drop the ``indices`` of the layer list at ``stack`` and renumber ``layer_idx`` attributes
+    (what Hugging Face caches index by) of the layers that stay."""
+    lst = model.get_submodule(stack) if stack else model
+    kept = [m for i, m in enumerate(lst) if i not in indices]
+    owner, _, leaf = stack.rpartition(".")
+    parent = model.get_submodule(owner) if owner else model
+    setattr(parent, leaf, type(lst)(kept) if isinstance(lst, nn.ModuleList) else nn.Sequential(*kept))
+    for new_idx, layer in enumerate(kept):
+        for mod in layer.modules():
+            if isinstance(getattr(mod, "layer_idx", None), int):
+                mod.layer_idx = new_idx
+
+
+@contextlib.contextmanager
+def original_fields(config: Any, original: Mapping[str, Any]) -> Iterator[None]:
+    """Within the block, ``config`` (and the configs nested in it) hold the ``original``
+    values of the fields the subnet changed; afterwards, their subnet values again. The
+    config objects themselves stay the same, so every module built from them sees the
+    subnet's values."""
+    saved: list[tuple[Any, str, Any]] = []
+    try:
+        _set_fields(config, original, saved)
+        yield
+    finally:
+        for owner, field, value in reversed(saved):
+            setattr(owner, field, value)
+
+
+def _set_fields(config: Any, values: Mapping[str, Any], saved: list[tuple[Any, str, Any]]) -> None:
+    for field, value in values.items():
+        current = getattr(config, field, None)
+        if isinstance(value, Mapping) and hasattr(current, "to_dict"):
+            _set_fields(current, value, saved)
+        else:
+            saved.append((config, field, copy.deepcopy(current)))
+            setattr(config, field, copy.deepcopy(value))
+
+
+def read_spec(config: Any) -> Mapping[str, Any]:
+    """``config.osf_subnet``, checked: a clear error for a config edited or written by a newer osf."""
+    spec = getattr(config, SPEC_KEY, None)
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"config has no {SPEC_KEY!r} description (a JSON object): this class loads only subnets "
+                         "saved by osf; restore config.json or save the subnet again")
+    if spec.get("format") != SPEC_FORMAT:
+        raise ValueError(f"config.{SPEC_KEY} has format {spec.get('format')!r}; this file reads format "
+                         f"{SPEC_FORMAT}: save the subnet again with the osf that loads it")
+    missing = [k for k in ("original", "shapes", "attributes", "dropped") if k not in spec]
+    if missing:
+        raise ValueError(f"config.{SPEC_KEY} lacks {missing}: restore config.json or save the subnet again")
+    return spec
+
+
+class SubnetMixin:
+    """Put first in the bases of a Hugging Face model class: ``__init__`` builds the original
+    architecture from the config (at the ``original`` field values of
+    ``config.osf_subnet``), then gives it the subnet's shapes with :func:`apply_subnet`.
+    ``from_pretrained`` then loads the subnet's weights into it."""
+
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        spec = read_spec(config)
+        with original_fields(config, spec["original"]):
+            super().__init__(config, *args, **kwargs)
+        apply_subnet(self, spec["shapes"], spec["attributes"], spec["dropped"])
+
+
+# ----------------------------------------------------------------- names
+def _local_name(model: nn.Module, name: str, module: bool = False) -> str | None:
+    """Where ``name`` (a tensor, or with ``module`` a module path) is in ``model``: as it is,
+    or without the base-model prefix when ``model`` is the base model of the one it names
+    (None for the head's names, which such a model lacks)."""
+    if _exists(model, name, module):
+        return name
+    prefix = getattr(model, "base_model_prefix", "")
+    is_base = bool(prefix) and not isinstance(getattr(model, prefix, None), nn.Module)
+    if is_base:
+        if name == prefix:
+            return ""
+        if name.startswith(prefix + "."):
+            stripped = name[len(prefix) + 1:]
+            if _exists(model, stripped, module):
+                return stripped
+        else:
+            return None  # the head's: a base model has none
+    raise ValueError(f"the subnet description names {'module' if module else 'tensor'} {name!r}, which "
+                     f"{type(model).__name__} does not have: config.{SPEC_KEY} was written for another model; "
+                     "save the subnet again")
+
+
+def _exists(model: nn.Module, name: str, module: bool) -> bool:
+    owner, _, leaf = ("", "", name) if module else name.rpartition(".")
+    try:
+        mod = model.get_submodule(name if module else owner)
+    except AttributeError:
+        return False
+    return module or leaf in mod._parameters or leaf in mod._buffers or isinstance(getattr(mod, leaf, None),
+                                                                                     torch.Tensor)
+
+
+def _resize(model: nn.Module, name: str, shape: tuple[int, ...]) -> None:
+    owner, _, leaf = name.rpartition(".")
+    mod = model.get_submodule(owner) if owner else model
+    old = getattr(mod, leaf)
+    new = torch.empty(shape, dtype=old.dtype, device=old.device)
+    if leaf in mod._parameters:
+        mod._parameters[leaf] = nn.Parameter(new, requires_grad=old.requires_grad)
+    elif leaf in mod._buffers:
+        mod._buffers[leaf] = new
+    else:
+        setattr(mod, leaf, new)
