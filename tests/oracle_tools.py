@@ -148,8 +148,11 @@ def permute_by_hand(ir, model: nn.Module, dim: str, perm: torch.Tensor, skip: tu
 class Skip(nn.Module):
     """A dropped residual layer: its input, in the form the layer returned its output."""
 
-    def __init__(self, tuple_len: int):
+    def __init__(self, tuple_len: int, layer: nn.Module):
         super().__init__()
+        for k, v in vars(layer).items():  # settings the parent may read (ModernBERT's attention_type)
+            if not k.startswith("_") and k != "training" and isinstance(v, (str, int, float, bool)):
+                setattr(self, k, v)
         self.tuple_len = tuple_len
 
     def forward(self, *args, **kwargs):
@@ -212,5 +215,5 @@ def reference_subnet(sn, cfg: dict, fresh: nn.Module, run_inputs) -> nn.Module:
     for b in ir.blocks:
         if not cfg.get(b.name, True):
             parent = fresh.get_submodule(b.stack) if b.stack else fresh
-            parent[b.index] = Skip(formats[b.name])
+            parent[b.index] = Skip(formats[b.name], parent[b.index])
     return fresh

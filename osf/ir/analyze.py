@@ -113,6 +113,13 @@ def analyze(model_or_graph: nn.Module | fx.GraphModule, example_inputs: Any = No
         if len(ctx.alg.conflicts) > n_conflicts:
             where = f" at {node.name} ({node.meta.get('op')}) in {_rel(node.meta.get('module', ''))!r}"
             ctx.alg.conflicts[n_conflicts:] = [c + where for c in ctx.alg.conflicts[n_conflicts:]]
+    # an attribute the model checks a size against (an input check) holds that size
+    for a, b in gm.meta["osf"].get("size_equalities", ()):
+        for attr, size in ((a, b), (b, a)):
+            if isinstance(attr, tuple) and attr[:1] == ("attr",) and isinstance(size, tuple) and size[:1] == ("size",):
+                axes = ctx.axes(size[1])
+                if axes is not None and isinstance(size[2], int) and -len(axes) <= size[2] < len(axes):
+                    ctx.bind_source(attr, axes[size[2]])
     # one attribute holds one size: every axis sized by it is the same dim
     by_attr: dict[tuple[str, str], int] = {}
     for b in ctx.attrs:

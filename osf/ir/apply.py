@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Collection, Iterable, Mapping
+import enum
+from typing import Any, Collection, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -159,11 +160,30 @@ def sliced_copy(ir: IR, sizes: Mapping[str, int], drop: Iterable[str] = ()) -> n
     return model
 
 
-class SkipBlock(nn.Module):
-    """Stands in for a dropped residual layer: returns its input unchanged."""
+_PLAIN = (str, int, float, bool, type(None), enum.Enum)
 
-    def __init__(self, tuple_len: int = 0):
+
+def plain_attributes(module: nn.Module) -> dict[str, Any]:
+    """A module's own settings that its parent may read (``layer.attention_type``, ``layer.kind``,
+    ``layer.layer_idx``): public attributes holding strings, numbers, enums or tuples of them."""
+    out = {}
+    for k, v in vars(module).items():
+        if k.startswith("_") or k == "training":
+            continue
+        if isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(isinstance(x, _PLAIN) for x in v)):
+            out[k] = v
+    return out
+
+
+class SkipBlock(nn.Module):
+    """Stands in for a dropped residual layer: returns its input unchanged. Given ``like`` (the
+    layer it replaces), it keeps that layer's plain settings (:func:`plain_attributes`), so a
+    parent that reads an attribute of each layer (ModernBERT's ``attention_type``) still finds it."""
+
+    def __init__(self, tuple_len: int = 0, like: nn.Module | None = None):
         super().__init__()
+        for k, v in (plain_attributes(like) if like is not None else {}).items():
+            setattr(self, k, v)
         self.tuple_len = tuple_len  # 0: the layer returned a tensor; n: a tuple of n
 
     def forward(self, *args, **kwargs):
@@ -178,7 +198,7 @@ def drop_block(ir: IR, model: nn.Module, name: str) -> None:
         raise ValueError(f"unknown block {name!r}; blocks: {[b.name for b in ir.blocks]}")
     parent = model.get_submodule(block.stack) if block.stack else model
     tuple_len = ir.graph.meta["osf"].get("module_outputs", {}).get("model." + name, 0)
-    parent[block.index] = SkipBlock(tuple_len)
+    parent[block.index] = SkipBlock(tuple_len, like=parent[block.index])
 
 
 def remove_layers(model: nn.Module, stack: str, indices: set[int]) -> None:

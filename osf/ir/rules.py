@@ -100,6 +100,9 @@ def _apply_mamba(ctx: Context, node: fx.Node, m: nn.Module, path: str) -> None:
                       ("time_step_rank", R), ("dt_rank", R)):
         if isinstance(getattr(m, attr, None), int):
             ctx.bind_attr(path, attr, var)
+    known = {"in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight",
+             "dt_proj.bias", "A_log", "D", "out_proj.weight", "out_proj.bias"}
+    channel_multipliers(ctx, m, path, known, in_w[0], [E, N, R])
 
 
 register(ModuleRule("mamba_mixer", _is_mamba_mixer, _apply_mamba))
@@ -108,11 +111,13 @@ register(ModuleRule("mamba_mixer", _is_mamba_mixer, _apply_mamba))
 # -------------------------------------------------------------------------- Mamba2
 def _is_mamba2_mixer(m: nn.Module) -> bool:
     s = _shapes(m)
-    need = ("in_proj.weight", "conv1d.weight", "A_log", "D", "dt_bias", "norm.weight", "out_proj.weight")
+    need = ("in_proj.weight", "conv1d.weight", "A_log", "D", "dt_bias", "out_proj.weight")
     if not all(k in s for k in need) or len(s["A_log"]) != 1:
         return False
     h = s["A_log"][0]
-    e = s["norm.weight"][0]
+    e = s["out_proj.weight"][1]  # the gated norm (norm.weight) is optional (Falcon-H1)
+    if "norm.weight" in s and s["norm.weight"] != (e,):
+        return False
     conv = s["conv1d.weight"][0]
     g, n = getattr(m, "n_groups", None), getattr(m, "ssm_state_size", None)
     return (isinstance(g, int) and isinstance(n, int) and e % h == 0 and conv == e + 2 * g * n
@@ -122,7 +127,7 @@ def _is_mamba2_mixer(m: nn.Module) -> bool:
 def _apply_mamba2(ctx: Context, node: fx.Node, m: nn.Module, path: str) -> None:
     p = lambda name: ctx.param_axes(f"{path}.{name}")  # noqa: E731
     h_size = m.A_log.shape[0]
-    e_size = m.norm.weight.shape[0]
+    e_size = m.out_proj.weight.shape[1]
     g_size, n_size = int(m.n_groups), int(m.ssm_state_size)
     G = ctx.alg.new(g_size)
     ctx.alg.fix(G, "mamba2 groups")
@@ -150,7 +155,8 @@ def _apply_mamba2(ctx: Context, node: fx.Node, m: nn.Module, path: str) -> None:
         ctx.unify(p("conv1d.bias")[0], XBC)
     for name in ("A_log", "D", "dt_bias"):
         ctx.unify(p(name)[0], H)
-    ctx.unify(p("norm.weight")[0], E)
+    if getattr(getattr(m, "norm", None), "weight", None) is not None:
+        ctx.unify(p("norm.weight")[0], E)
     out_w = p("out_proj.weight")
     ctx.unify(out_w[1], E)
     if m.out_proj.bias is not None:
@@ -161,7 +167,31 @@ def _apply_mamba2(ctx: Context, node: fx.Node, m: nn.Module, path: str) -> None:
     ctx.bind_attr(path, "ssm_state_size", N)
     ctx.bind_attr(path, "intermediate_size", E)
     ctx.bind_attr(path, "conv_dim", XBC)
-    ctx.bind_attr(f"{path}.norm", "group_size", ("mul", HG, P))
+    if isinstance(getattr(getattr(m, "norm", None), "group_size", None), int):
+        ctx.bind_attr(f"{path}.norm", "group_size", ("mul", HG, P))
+    if isinstance(getattr(m, "groups_time_state_size", None), int):
+        ctx.bind_attr(path, "groups_time_state_size", GN)
+    known = {"in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "A_log", "D", "dt_bias", "norm.weight",
+             "out_proj.weight", "out_proj.bias"}
+    channel_multipliers(ctx, m, path, known, in_w[0], [E, XBC, H, N, HG, P])
 
+
+def channel_multipliers(ctx: Context, m: nn.Module, path: str, known: set[str], fused: int, dims: list[int]) -> None:
+    """Tensors of a rule-matched module that the rule does not name: a vector as long as the
+    fused input projection's output (a per-channel multiplier such as Falcon-H1's
+    ``mup_vector``, shaped (1, 1, n) or (n,)) follows that projection's layout; anything else
+    (Jamba's norms over ``d_state`` and ``dt_rank``) keeps whole every dim of the module as long
+    as one of its axes, since the module's code may size it by that dim."""
+    fused_size = ctx.alg.size_of(fused)
+    for name, t in list(m.named_parameters()) + list(m.named_buffers()):
+        if name in known:
+            continue
+        axes = ctx.param_axes(f"{path}.{name}")
+        if t.shape and t.shape[-1] == fused_size and all(s == 1 for s in t.shape[:-1]):
+            ctx.unify(axes[-1], fused)
+            continue
+        sizes = set(t.shape)
+        for v in list(axes) + [d for d in dims if ctx.alg.size_of(d) in sizes]:
+            ctx.alg.fix(v, f"{path}.{name} is not described by the rule")
 
 register(ModuleRule("mamba2_mixer", _is_mamba2_mixer, _apply_mamba2))

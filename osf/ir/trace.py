@@ -105,6 +105,23 @@ class TracedInt(int):
     def __neg__(self):
         return self._binary(-1, operator.mul, "mul")
 
+    def __eq__(self, other):
+        self._note_equality(other)
+        return int(self) == other
+
+    def __ne__(self, other):
+        self._note_equality(other)
+        return int(self) != other
+
+    __hash__ = int.__hash__
+
+    def _note_equality(self, other: Any) -> None:
+        """A size compared with a module attribute (``if channels != self.num_channels: raise``)
+        is checked to be that attribute: the analysis keeps the two in step."""
+        if self._tracer is not None and self._tracer.recording and isinstance(other, TracedInt) \
+                and int(other) == int(self):
+            self._tracer.size_equalities.append((self.source, other.source))
+
     def __reduce__(self):  # pickles / deep-copies as a plain int
         return (int, (int(self),))
 
@@ -251,6 +268,7 @@ class Tracer:
         self.guards: list[Guard] = []
         self.leaf_calls: dict[str, nn.Module] = {}
         self.module_outputs: dict[str, str] = {}
+        self.size_equalities: list[tuple[Any, Any]] = []  # sources of ints found equal by the model's checks
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -657,6 +675,7 @@ def trace(model: nn.Module, example_inputs: Any = None, *, check: bool = True) -
         "guards": tracer.guards,
         "leaf_calls": dict(tracer.leaf_calls),
         "module_outputs": dict(tracer.module_outputs),
+        "size_equalities": list(tracer.size_equalities),
         "inputs": [f"arg{i}" for i in range(len(args))] + list(tensor_kwargs),
         "example_args": args,
         "example_kwargs": tensor_kwargs,
@@ -677,6 +696,14 @@ def _seq_of(args: tuple, kwargs: dict) -> int | None:
     ids = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.dim() == 2
            and not t.is_floating_point()]
     return int(ids[0].shape[1]) + 2 if ids else None
+
+
+def _failing_node(e: BaseException) -> str:
+    """The generated-code line of a replayed graph that raised ``e`` (fx names the node)."""
+    for frame in reversed(traceback.extract_tb(e.__traceback__)):
+        if frame.filename.startswith("<eval_with_key"):
+            return f"graph op `{(frame.line or '').strip()[:120]}`"
+    return "the graph"
 
 
 def _location_of(e: BaseException) -> str:
@@ -711,7 +738,15 @@ def _check_replay(gm, wrapper, args, kwargs, guards, draws: int = 4) -> tuple | 
     for new_args, new_kwargs, expected in checks:
         with torch.no_grad():
             expected = expected if expected is not None else wrapper(*new_args, **new_kwargs)
-            got = gm(*new_args, **new_kwargs)
+            try:
+                got = gm(*new_args, **new_kwargs)
+            except Exception as e:
+                raise TraceError(
+                    f"the traced graph fails on an input of another shape where the model runs "
+                    f"({type(e).__name__} in {_failing_node(e)}): a size was recorded as a constant. "
+                    "Pass example_inputs of the one shape the model is used with, or register the module "
+                    "computing that size as a leaf (osf.ir.register_leaf) or give it an op rule "
+                    "(osf.ir.rules.register)") from e
         for k, v in expected.items():
             g = got[k]
             if g.shape != v.shape or not torch.allclose(g.float(), v.float(), rtol=1e-4, atol=1e-5):
