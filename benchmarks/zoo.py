@@ -171,6 +171,8 @@ def main() -> None:
         rec["total_s"] = time.perf_counter() - t0
         recs.append(rec)
         console.print(f"{n:18s} {rec['verdict']:8s} {rec['total_s']:6.1f}s  {rec['detail']}")
+        if a.only and rec.get("trace"):
+            console.print(rec["trace"], markup=False, highlight=False)
     counts = {v: sum(r["verdict"] == v for r in recs) for v in ("exact", "refused", "crash", "wrong")}
     table = Table(title=f"OSF zoo: {len(recs)} tiny models, " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for col in ("model", "family", "params", "verdict", "build s", "dims found", "detail"):

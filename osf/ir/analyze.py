@@ -352,14 +352,22 @@ def find_blocks(gm: fx.GraphModule, model: nn.Module) -> list[Block]:
     """Residual layers: list elements whose output is their input plus branches."""
     blocks: list[Block] = []
     nodes = list(gm.graph.nodes)
+    # a layer that returns more than its output (T5's position bias, FocalNet's stage sizes) hands
+    # the next layers something a skip could not give them: it is not droppable
+    extras = set(gm.meta.get("osf", {}).get("carries_extra_outputs", ()))
+    # only lists the model loops over: one whose layers it calls by position (T5's
+    # ``self.layer[-1]``) would call the wrong layer once one is removed
+    iterated = gm.meta.get("osf", {}).get("iterated_lists")
     for list_path, lst in model.named_modules():
         if not isinstance(lst, (nn.ModuleList, nn.Sequential)) or len(lst) < 2:
+            continue
+        if iterated is not None and f"{_PREFIX}{list_path}" not in iterated:
             continue
         for idx, _ in enumerate(lst):
             path = f"{_PREFIX}{list_path}.{idx}" if list_path else f"{_PREFIX}{idx}"
             inside = [n for n in nodes if path in n.meta.get("stack", ()) or
                       (n.op == "call_module" and (n.target == path or n.target.startswith(path + ".")))]
-            if not inside:
+            if not inside or path in extras:
                 continue
             if _is_residual(inside):
                 blocks.append(Block(_rel(path), list_path, idx))

@@ -268,6 +268,8 @@ class Tracer:
         self.guards: list[Guard] = []
         self.leaf_calls: dict[str, nn.Module] = {}
         self.module_outputs: dict[str, str] = {}
+        self.iterated_lists: set[str] = set()  # layer lists the model loops over (not indexed by position)
+        self.carries_extra_outputs: set[str] = set()  # modules returning (x, something, ...): not skippable
         self.size_equalities: list[tuple[Any, Any]] = []  # sources of ints found equal by the model's checks
 
     # ----------------------------------------------------------------- helpers
@@ -441,15 +443,30 @@ class Tracer:
             try:
                 out = original(module, *args, **kwargs)
                 tracer.module_outputs[path] = len(out) if isinstance(out, tuple) else 0
+                if isinstance(out, tuple) and any(o is not None for o in out[1:]):
+                    tracer.carries_extra_outputs.add(path)
                 return out
             finally:
                 tracer.state.module_stack.pop()
 
+        iter_originals = {cls: cls.__iter__ for cls in (nn.ModuleList, nn.Sequential)}
+
+        def iterating(cls):
+            def it(lst):
+                if tracer.recording and id(lst) in tracer.module_names:
+                    tracer.iterated_lists.add(tracer.module_names[id(lst)])
+                return iter_originals[cls](lst)
+            return it
+
         nn.Module.__call__ = call
+        for cls in iter_originals:
+            cls.__iter__ = iterating(cls)
         try:
             yield
         finally:
             nn.Module.__call__ = original
+            for cls, fn in iter_originals.items():
+                cls.__iter__ = fn
 
     @contextlib.contextmanager
     def track_int_attributes(self):
@@ -676,6 +693,8 @@ def trace(model: nn.Module, example_inputs: Any = None, *, check: bool = True) -
         "leaf_calls": dict(tracer.leaf_calls),
         "module_outputs": dict(tracer.module_outputs),
         "size_equalities": list(tracer.size_equalities),
+        "carries_extra_outputs": sorted(tracer.carries_extra_outputs),
+        "iterated_lists": sorted(tracer.iterated_lists),
         "inputs": [f"arg{i}" for i in range(len(args))] + list(tensor_kwargs),
         "example_args": args,
         "example_kwargs": tensor_kwargs,
