@@ -171,6 +171,25 @@ def reshape(ctx: Context, node: fx.Node) -> None:
         return ctx.fix_node(node)
     couple_reshape(ctx, xa, ctx.shape(x), out, ctx.shape(node), node)
     ctx.bind_size_args(node, out, start=1)
+    _fix_literal_sizes(ctx, node, out)
+
+
+def _fix_literal_sizes(ctx: Context, node: fx.Node, out: list[int]) -> None:
+    """An output axis whose size is written as a number in the model's code
+    (``x.reshape(b, -1, 256)`` with 256 from a config list) stays that size whatever the input:
+    keep it whole. Sizes read from tensors or module attributes, and ``-1``, follow their dims."""
+    if node.meta["op"] not in ("view", "reshape"):
+        return
+    args = _args(node)[1:]
+    sizes = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+    if len(sizes) != len(out):
+        return
+    sources = node.meta.get("int_sources", {})
+    nested = len(args) == 1 and isinstance(args[0], (tuple, list))
+    for j, size in enumerate(sizes):
+        path = (1, j) if nested else (1 + j,)
+        if isinstance(size, int) and size not in (-1, 1) and path not in sources:
+            ctx.alg.fix(out[j], f"size {size} written in the model's code")
 
 
 def _permutes(perm_of: Callable[[fx.Node, int], list[int]]) -> OpRule:
