@@ -9,6 +9,7 @@ import pytest
 
 import osf.search
 from osf.search import SearchResult, config_key, search
+from osf.search.samplers import BudgetSampler
 from tests.search_fakes import AgreementEvaluator, FakeSupernet
 
 
@@ -62,7 +63,9 @@ def test_single_objective_tpe_and_random_and_callable():
 
 def test_gp_sampler_runs():
     res, _, _ = run(5, sampler="gp", constraints={"max_params_frac": 0.6})
-    assert isinstance(res.study.sampler, optuna.samplers.GPSampler) and len(res.trials) == 5
+    sampler = res.study.sampler  # under a parameter budget it proposes through the budget repair
+    assert isinstance(sampler, BudgetSampler) and isinstance(sampler.base, optuna.samplers.GPSampler)
+    assert len(res.trials) == 5
 
 
 def test_unreachable_budget_raises_before_any_trial(tmp_path):
@@ -152,9 +155,10 @@ def test_best_budget_arguments_are_checked():
 
 
 def test_infeasible_configs_can_be_scored_on_request():
-    res, ev, _ = run(10, constraints={"max_params_frac": 0.4}, evaluate_infeasible=True)
+    # sampling the whole space (no repair into the budget), so some trials are over budget
+    res, ev, _ = run(10, constraints={"max_params_frac": 0.4}, evaluate_infeasible=True, budget_band=None)
     assert res.trials["score"].notna().all()
-    res2, ev2, _ = run(10, constraints={"max_params_frac": 0.4})
+    res2, ev2, _ = run(10, constraints={"max_params_frac": 0.4}, budget_band=None)
     over = res2.trials[~res2.trials["feasible"]]
     assert ev2.calls < ev.calls and len(over) > 0 and over["score"].isna().all()
     assert all(res2.study.trials[n].values[0] == float("-inf") for n in over["number"])

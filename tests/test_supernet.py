@@ -283,7 +283,7 @@ def test_bad_configs_name_the_dim_and_allowed_values():
     del missing["hidden"]
     with pytest.raises(ValueError, match="missing dim.*hidden"):
         sn.set_config(missing)
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(ValueError, match="at least 1 of 4"):  # the default floor keeps 1/4 of a stack
         sn.set_config({**good, **{b: False for b in sn.space.blocks}})
     with pytest.raises(ValueError, match="no dim"):
         osf.supernet(build("tiny-mamba")[0], space={"*:nothing": [1]})

@@ -63,9 +63,11 @@ def _no_importance(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("load_supernet must not run an importance pass or permute the weights")
 
-    for mod in (supernet_mod, importance_mod):
-        for fn in ("magnitude_importance", "activation_importance", "block_importance"):
-            monkeypatch.setattr(mod, fn, refuse)
+    for fn in ("magnitude_importance", "activation_importance", "gradient_importance", "channel_importance",
+               "block_importance", "greedy_block_order"):
+        monkeypatch.setattr(importance_mod, fn, refuse)
+    for fn in ("channel_importance", "block_importance", "greedy_block_order"):  # what the build calls
+        monkeypatch.setattr(supernet_mod, fn, refuse)
     monkeypatch.setattr(supernet_mod, "permute_dims", refuse)
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from osf.elastic.importance import IMPORTANCE_METHODS
+
+BLOCK_ORDERS = ("auto", "greedy", "cosine")
 from osf.errors import InputTypeError
 
 
@@ -25,8 +27,16 @@ class SupernetConfig:
     Attributes:
         space: overrides of the default choices, e.g. ``{"*:d_state": [16, 8]}`` (a path to a
             JSON/YAML file is read into its dict), or ``None`` for the default space.
-        importance: ``"magnitude"`` (no data) or ``"activation"`` (needs calibration batches).
+        importance: channel importance: ``"auto"`` (default: ``"activation"`` with calibration data,
+            ``"magnitude"`` without), ``"magnitude"`` (no data), or with calibration data
+            ``"activation"`` (Wanda-style), ``"taylor"`` (first-order, gradient x weight),
+            ``"fisher"`` (squared gradient x weight); see :mod:`osf.elastic.importance`.
+        block_order: how layers are ranked for dropping: ``"greedy"`` (by the calibration loss
+            when each is dropped, greedily), ``"cosine"`` (``1 - cos(input, output)``), ``"auto"``
+            (default: greedy with calibration data, cosine on random example inputs, with a warning).
         depth: make residual layers droppable.
+        min_depth: the share of each layer stack that must stay (default 0.25: up to 3/4 of a
+            stack may be dropped), a fraction in (0, 1].
         kernels: run Hugging Face Mamba mixers through :mod:`osf.kernels`.
         verify: check at build time that the largest config reproduces the model.
         calibration_batches: how many calibration batches the build used (informational;
@@ -34,11 +44,13 @@ class SupernetConfig:
     """
 
     space: dict[str, Any] | None = None
-    importance: str = "magnitude"
+    importance: str = "auto"
     depth: bool = True
     kernels: bool = True
     verify: bool = True
     calibration_batches: int | None = None
+    block_order: str = "auto"
+    min_depth: float = 0.25
 
     def __post_init__(self) -> None:
         space = self.space
@@ -58,6 +70,13 @@ class SupernetConfig:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise InputTypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+        if not isinstance(self.block_order, str) or self.block_order not in BLOCK_ORDERS:
+            raise ValueError(f"block_order must be one of {BLOCK_ORDERS}, got {self.block_order!r}")
+        f = self.min_depth
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 < f <= 1.0:
+            raise ValueError(f"min_depth must be a fraction in (0, 1] (the share of each layer stack that must "
+                             f"stay), got {f!r}")
+        object.__setattr__(self, "min_depth", float(f))
         n = self.calibration_batches
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise InputTypeError(f"calibration_batches must be a count (an int >= 0) or None, got {n!r}")

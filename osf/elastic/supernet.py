@@ -22,7 +22,8 @@ from torch import nn
 
 import osf.elastic.verify as verify_module
 from osf.elastic.importance import (DATA_METHODS, IMPORTANCE_METHODS, block_importance, channel_importance,
-                                    eval_mode, greedy_block_order, resolve_calibration, warn_random_inputs)
+                                    eval_mode, greedy_block_order, resolve_calibration, split_batch,
+                                    warn_random_inputs)
 from osf.errors import InputTypeError
 from osf.ir import IR, analyze
 from osf.ir.apply import SkipBlock, apply_attributes, get_tensor, permute_dims, select_positions
@@ -334,6 +335,50 @@ class Supernet(nn.Module):
             self._skips[name] = SkipBlock(fmt)
         return self._skips[name]
 
+    # ------------------------------------------------------------ importance
+    def _weights_stamp(self) -> dict[str, tuple[int, int]]:
+        """Identity and version of every shared tensor: changes when one is trained or replaced."""
+        return {name: (id(t), t._version) for name, t in self._full.items()}
+
+    def calibrate(self, calibration: Any, importance: str | None = None) -> "Supernet":
+        """Rank channels and layers again on data, for a supernet built without it.
+
+        ``calibration`` is an evaluator (its held-out calibration sample) or an iterable of model
+        inputs; ``importance`` overrides the build config's channel measure. The channels are
+        reordered in place (function-preserving: the largest config still computes the original
+        model, checked on a calibration batch) and the space's layer drop order is replaced.
+
+        Raises:
+            ValueError: no calibration data, or the shared weights changed since the supernet was
+                built (trained or restored: reordering would change what its subnets learned).
+        """
+        batches = resolve_calibration(calibration)
+        if not batches:
+            raise ValueError("sn.calibrate needs calibration data: an evaluator with held-out data (LMEval, "
+                             "Perplexity, ImageAccuracy) or a non-empty list of model inputs")
+        if getattr(self, "_built_stamp", None) != self._weights_stamp():
+            raise ValueError("sn.calibrate reorders the shared weights, but they changed since the supernet was "
+                             "built (trained, converted or restored from a checkpoint): build a new supernet with "
+                             "osf.supernet(model, calibration=...) instead")
+        base = self.build_config
+        config = dataclasses.replace(base, importance=importance or base.importance,
+                                     calibration_batches=len(batches))
+        args, kwargs, _ = split_batch(batches[0])
+        with self._at_largest(reread=True), eval_mode(self.model):
+            before = verify_module.run(self.model, (args, kwargs))
+            permuted = [d for d in self.ir.dims if len(self.space.dims[d]) > 1]
+            space = rank(self.ir, self.model, self.space, config, batches, self.example_inputs, permuted)
+            after = verify_module.run(self.model, (args, kwargs))
+        err = verify_module.relative_error(after, before)
+        if err > verify_module.tolerance(before):
+            raise RuntimeError(f"sn.calibrate: reordering changed the largest config's outputs (relative error "
+                               f"{err:.2e}); please report the model")
+        self.space = space  # configs of the old order name other channels and layers: start at the largest
+        self.build_config = config
+        self._built_stamp = self._weights_stamp()
+        self.set_config(space.largest())
+        return self
+
     # ------------------------------------------------------------------ costs
     def num_params(self, cfg: Mapping[str, Any] | None = None) -> int:
         """Exact parameter count of the subnet ``cfg`` (default: the active one)."""
@@ -498,7 +543,7 @@ def build_space(ir: IR, block_order: list[str] | None = None, depth: bool = True
 def supernet(model: nn.Module, example_inputs: Any = None, config: "SupernetConfig | None" = None, *,
              space: Any = None, importance: str | None = None, calibration: Iterable[Any] | None = None,
              depth: bool | None = None, copy: bool = False, kernels: bool | None = None,
-             verify: bool | None = None) -> Supernet:
+             verify: bool | None = None, block_order: str | None = None) -> Supernet:
     """Turn ``model`` into a weight-sharing supernet, in place.
 
     Args:
@@ -509,7 +554,7 @@ def supernet(model: nn.Module, example_inputs: Any = None, config: "SupernetConf
             the default shown here without a config).
         space: overrides of the default choices: glob patterns on dim names, e.g.
             ``{"*:d_inner": [4096, 3072, 2048], "*:d_state": [16, 8]}``, or a JSON/YAML path.
-        importance: channel importance, ``"auto"`` (default: ``"taylor"`` with calibration data,
+        importance: channel importance, ``"auto"`` (default: ``"activation"`` with calibration data,
             ``"magnitude"`` without), ``"magnitude"``, ``"activation"``, ``"taylor"`` or
             ``"fisher"`` (the last three need calibration data).
         calibration: data to rank channels and layers on: an evaluator (``LMEval``,
@@ -524,6 +569,9 @@ def supernet(model: nn.Module, example_inputs: Any = None, config: "SupernetConf
         verify: check that the largest config reproduces the original model's outputs on the
             example inputs and on a second input shape; on a mismatch raise
             :class:`osf.VerificationError` naming the dim at fault (default True).
+        block_order: how layers are ranked for dropping, ``"auto"`` (default: ``"greedy"`` by
+            the calibration loss with calibration data, ``"cosine"`` without), ``"greedy"``,
+            ``"cosine"``.
 
     Returns:
         A :class:`Supernet` whose largest config is the original model; ``sn.build_config``
@@ -538,7 +586,8 @@ def supernet(model: nn.Module, example_inputs: Any = None, config: "SupernetConf
     if config is not None and not isinstance(config, SupernetConfig):
         raise InputTypeError(f"config must be an osf.SupernetConfig (or None), got {type(config).__name__}")
     base = config if config is not None else SupernetConfig()
-    given = {"space": space, "importance": importance, "depth": depth, "kernels": kernels, "verify": verify}
+    given = {"space": space, "importance": importance, "depth": depth, "kernels": kernels, "verify": verify,
+             "block_order": block_order}
     overrides = {k: v for k, v in given.items() if v is not None}
     calibration = resolve_calibration(calibration)  # an evaluator gives its held-out sample
     flags = {k: overrides.get(k, getattr(base, k)) for k in ("depth", "kernels", "verify")}
@@ -550,6 +599,9 @@ def supernet(model: nn.Module, example_inputs: Any = None, config: "SupernetConf
     if importance in DATA_METHODS and calibration is None:
         raise ValueError(f"importance={importance!r} needs calibration data (an evaluator, or an iterable of model "
                          "inputs); importance='magnitude' needs none")
+    if overrides.get("block_order", base.block_order) == "greedy" and calibration is None:
+        raise ValueError("block_order='greedy' needs calibration data (an evaluator, or an iterable of model inputs); "
+                         "block_order='cosine' needs none")
     calibration = list(calibration) if calibration is not None else None
     overrides["calibration_batches"] = len(calibration) if calibration is not None else None
     build_config = dataclasses.replace(base, **overrides)
@@ -612,6 +664,8 @@ def _build(model: nn.Module, example_inputs: Any, config: "SupernetConfig", cali
             _use_osf_kernels(model)
         sn = Supernet(model, ir, space_obj, example_inputs)
         sn.build_config = config
+        # a restored checkpoint keeps its saved order: calibrate() refuses it
+        sn._built_stamp = sn._weights_stamp() if restore is None else None
         if reference is not None:
             verify_module.check_build(sn, reference, permuted)
     return sn

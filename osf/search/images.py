@@ -22,11 +22,16 @@ class ImageAccuracy:
     HF image ``processor`` (object or dict with ``size``, ``image_mean``, ``image_std``),
     else ``image_size`` from the model's ``config.image_size`` at call time and ImageNet
     mean/std. The model's output may be HF (``.logits``) or a plain tensor.
+
+    ``calibration_split`` (default ``"train"``) is where :meth:`calibration_batches` draws the
+    images (with their labels) that rank a supernet's channels and layers: never the scored
+    split. ``None`` turns it off.
     """
 
     def __init__(self, dataset: str, split: str | None = None, batch_size: int = 64, limit: int | None = None,
                  image_size: int | Sequence[int] | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, processor: Any = None, name: str | None = None):
+                 std: Sequence[float] | None = None, processor: Any = None, name: str | None = None,
+                 calibration_split: str | None = "train"):
         check_count(limit, "limit", what=" (images to evaluate)")
         check_count(batch_size, "batch_size", allow_none=False)
         proc = processor.to_dict() if hasattr(processor, "to_dict") else dict(processor or {})
@@ -40,6 +45,7 @@ class ImageAccuracy:
         self.dataset, self.split, self.limit, self.batch_size = dataset, split, limit, batch_size
         self.name = name or f"accuracy:{dataset.split(':')[0]}"
         self.images, self.labels = load_image_dataset(dataset, split=split, limit=limit)
+        self.calibration_split = calibration_split
 
     def _size_for(self, model: nn.Module) -> tuple[int, int] | None:
         if self.image_size is not None:
@@ -113,6 +119,30 @@ class ImageAccuracy:
 
     def __call__(self, model: nn.Module) -> float:
         return float((self.predictions(model) == self.labels).float().mean())
+
+    def calibration_batches(self, n: int = 8, batch_size: int = 32) -> list[dict[str, torch.Tensor]] | None:
+        """Up to ``n`` batches of ``batch_size`` preprocessed images with their ``labels`` from
+        ``calibration_split`` (spread over it); None when it is off, the same as the scored split,
+        or the dataset has no such split."""
+        if self.calibration_split is None or self.calibration_split == self.split:
+            return None
+        try:
+            images, labels = load_image_dataset(self.dataset, split=self.calibration_split)
+        except (ValueError, FileNotFoundError, KeyError):
+            return None
+        count = min(len(labels), n * batch_size)
+        if count == 0:
+            return None
+        pick = torch.linspace(0, len(labels) - 1, count).round().long().tolist()
+        chosen = [images[i] for i in pick] if isinstance(images, list) else images[pick]
+        size = self.image_size or (tuple(chosen.shape[-2:]) if isinstance(chosen, torch.Tensor) else None)
+        x, y = self.preprocess(chosen, size), labels[pick]
+        return [{"pixel_values": x[i: i + batch_size], "labels": y[i: i + batch_size]}
+                for i in range(0, count, batch_size)]
+
+    def full_sample(self) -> None:
+        """Always None: the evaluator holds only the images it scores."""
+        return None
 
     def describe(self) -> str:
         return f"top-1 accuracy on {self.dataset.split(':')[0]} ({self.split or 'evaluation'} split), 0..1, higher is better"

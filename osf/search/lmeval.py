@@ -1,6 +1,7 @@
 """Score a live model with lm-evaluation-harness (``lm_eval.simple_evaluate``)."""
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import os
@@ -211,10 +212,72 @@ class LMEval:
         mean = "mean of " if len(parts) > 1 else ""
         return f"lm-eval {mean}{'; '.join(parts)}, {self.num_fewshot}-shot; higher is better"
 
+    def calibration_texts(self) -> list[str]:
+        """Texts of documents the score never reads: each task's training documents when it has
+        them, else its evaluation documents past ``limit`` (prompt and target joined)."""
+        from lm_eval.evaluator_utils import get_sample_size
+
+        texts: list[str] = []
+        for task in self.tasks():
+            if isinstance(task, str):  # a group: its subtasks are loaded by lm-eval at scoring time
+                continue
+            if task.has_training_docs():
+                docs = list(task.training_docs())
+            else:
+                docs = list(task.eval_docs)
+                scored = get_sample_size(task, self.limit)
+                docs = docs[scored:] if scored is not None else []
+            for doc in docs:
+                texts.append(_doc_text(task, doc))
+        return [t for t in texts if t.strip()]
+
+    def calibration_batches(self, n: int = 8, batch_size: int = 8, seq_len: int = 64) -> list[dict[str, Any]] | None:
+        """Up to ``n`` batches of ``batch_size`` token blocks of ``seq_len`` from
+        :meth:`calibration_texts` (never scored), for ``osf.supernet(model, calibration=evaluator)``;
+        None when every document is scored and the tasks have no training documents."""
+        import torch
+
+        ids: list[int] = []
+        eos = self.tokenizer.eos_token_id
+        for text in self.calibration_texts():
+            ids.extend(self.tokenizer(text)["input_ids"] + ([eos] if eos is not None else []))
+            if len(ids) >= n * batch_size * seq_len:
+                break
+        blocks = len(ids) // seq_len
+        if blocks == 0:
+            return None
+        t = torch.tensor(ids[: blocks * seq_len]).view(blocks, seq_len)[: n * batch_size]
+        return [{"input_ids": t[i: i + batch_size]} for i in range(0, len(t), batch_size)]
+
+    def full_sample(self) -> "LMEval | None":
+        """The same score on all the evaluation documents, when ``limit`` scores fewer (the search
+        re-ranks its best subnets with it); None without a limit."""
+        if self.limit is None:
+            return None
+        full = copy.copy(self)
+        full.limit = None
+        return full
+
     def example_inputs(self) -> dict[str, Any]:
         """A batch of one 64-token text, for MACs/latency."""
         ids = self.tokenizer("The quick brown fox jumps over the lazy dog. " * 8, return_tensors="pt")["input_ids"]
         return {"input_ids": ids[:, :64]}
+
+
+def _doc_text(task: Any, doc: Any) -> str:
+    """A document as plain text: its prompt and its target (a choice index becomes the choice)."""
+    text = task.doc_to_text(doc)
+    target = task.doc_to_target(doc)
+    if isinstance(target, int) and not isinstance(target, bool):
+        try:
+            choices = task.doc_to_choice(doc)
+            target = choices[target] if 0 <= target < len(choices) else ""
+        except Exception:  # a task without choices: the index is not text
+            target = ""
+    if isinstance(target, list):
+        target = target[0] if target else ""
+    sep = getattr(getattr(task, "config", None), "target_delimiter", " ")
+    return f"{text}{sep}{target}" if target else str(text)
 
 
 def _quiet_hflm_class():

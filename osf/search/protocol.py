@@ -38,8 +38,16 @@ class SupernetLike(Protocol):
 class Evaluator(Protocol):
     """A score to maximise: ``evaluator(model) -> float``, with a ``name``.
 
-    Evaluators may also offer ``example_inputs()`` (a tensor, tuple or dict of model
-    inputs) so MACs and latency can be measured.
+    Evaluators may also offer:
+
+    - ``example_inputs()`` (a tensor, tuple or dict of model inputs) so MACs and latency can be
+      measured;
+    - ``calibration_batches(n)``: up to ``n`` batches of model inputs (dicts may hold ``labels``)
+      drawn from the evaluator's data but never scored, to rank a supernet's channels and layers
+      (``osf.supernet(model, calibration=evaluator)``, ``sn.calibrate(evaluator)``); None when it
+      has none;
+    - ``full_sample()``: the same score on a larger sample of its data (the search re-ranks its
+      best subnets with it before ``best()``), or None.
     """
 
     name: str

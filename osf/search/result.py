@@ -14,6 +14,10 @@ from osf.space import Config, SearchSpace
 from osf.search.objectives import BUDGETS, DIRECTIONS, check_budgets, resolve_budgets
 
 
+RERANK_ATTR = "osf_rerank"  # study user attr: config key -> score on the re-ranking sample
+RERANK_K_ATTR = "osf_rerank_k"  # study user attr: how many of the best configs were re-ranked
+
+
 @dataclass
 class SearchResult:
     """Results of :func:`osf.search.search`.
@@ -34,9 +38,16 @@ class SearchResult:
 
     # ----------------------------------------------------------- tables
     @property
+    def reranked(self) -> dict[str, float]:
+        """Config (JSON key) -> its score on the re-ranking sample (see :meth:`rerank`)."""
+        return dict(self.study.user_attrs.get(RERANK_ATTR) or {})
+
+    @property
     def trials(self) -> pd.DataFrame:
-        """One row per COMPLETE trial: number, config (JSON), metrics, feasible, cached_from."""
+        """One row per COMPLETE trial: number, config (JSON), metrics, feasible, cached_from, and
+        ``rerank_score`` for the configs re-ranked on a larger sample."""
         rows = []
+        reranked = self.reranked
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             a = t.user_attrs
             row: dict[str, Any] = {"number": t.number, "config": a.get("config")}
@@ -45,6 +56,8 @@ class SearchResult:
                     row[m] = a[m]
             row["feasible"] = bool(a.get("feasible", True))
             row["cached_from"] = a.get("cached_from")
+            if reranked:
+                row["rerank_score"] = reranked.get(a.get("config"))
             rows.append(row)
         cols = ["number", "config", "score", "params", "feasible", "cached_from"]
         return pd.DataFrame(rows, columns=None if rows else cols)
@@ -81,6 +94,11 @@ class SearchResult:
         milliseconds. Among equal scores the one with fewer parameters wins, then fewer MACs,
         then lower latency, so the trial returned is never dominated (the trial number decides
         only between identical results). Raises ``ValueError`` for a bad limit or if no trial fits.
+
+        When the search re-ranked its best configs on a larger sample (:meth:`rerank`), the
+        winner is the best ``rerank_score`` among the top-k (by search score) trials within the
+        limits that were re-ranked, provided the best of them by search score was; the search
+        score decides otherwise.
         """
         budgets = check_budgets({"max_params": max_params, "max_params_frac": max_params_frac, "max_macs": max_macs,
                                  "max_macs_frac": max_macs_frac, "max_latency_ms": max_latency_ms})
@@ -104,7 +122,48 @@ class SearchResult:
         # the best score; among equal scores the cheapest (params, then MACs, then latency): a
         # dominated trial is never returned, and the trial number never decides
         keys = ["score", *[c for c in ("params", "macs", "latency") if c in df.columns], "number"]
-        return df.sort_values(keys, ascending=[False] + [True] * (len(keys) - 1)).iloc[0]
+        df = df.sort_values(keys, ascending=[False] + [True] * (len(keys) - 1))
+        k = int(self.study.user_attrs.get(RERANK_K_ATTR) or 0)
+        if k and "rerank_score" in df.columns:
+            top = df.drop_duplicates("config").iloc[:k]
+            top = top[top["rerank_score"].notna()] if pd.notna(top["rerank_score"].iloc[0]) else top.iloc[:0]
+            if not top.empty:  # the search's best here was re-ranked: the larger sample decides
+                return top.sort_values(["rerank_score", *keys[1:]],
+                                       ascending=[False] + [True] * (len(keys) - 1)).iloc[0]
+        return df.iloc[0]
+
+    def top_configs(self, k: int, **limits: float | None) -> list[str]:
+        """The config keys of the ``k`` best distinct feasible trials by search score within
+        ``limits`` (the arguments of :meth:`best`)."""
+        budgets = check_budgets(limits)
+        df = self.trials
+        if df.empty:
+            return []
+        df = df[df["feasible"] & df["score"].notna()]
+        for arg, lim in budgets.items():
+            name, _ = BUDGETS[arg]
+            if name in df.columns:
+                df = df[df[name] <= resolve_budgets({arg: lim}, self.reference)[name] + 1e-9]
+        keys = ["score", *[c for c in ("params", "macs", "latency") if c in df.columns], "number"]
+        df = df.sort_values(keys, ascending=[False] + [True] * (len(keys) - 1)).drop_duplicates("config")
+        return list(df["config"].iloc[:k])
+
+    def rerank(self, sn: Any, evaluator: Any, k: int = 5, **limits: float | None) -> dict[str, float]:
+        """Score the ``k`` best configs within ``limits`` again with ``evaluator`` (a larger sample
+        than the search's, e.g. ``evaluator.full_sample()``) and keep the scores in the study, so
+        :meth:`best` picks among them by the larger sample. Configs scored before are not scored
+        again. Returns config key -> re-ranking score."""
+        from osf.search.objectives import evaluate_score
+
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"rerank k must be a positive number of configs, got {k!r}")
+        done = self.reranked
+        for key in self.top_configs(k, **limits):
+            if key not in done:
+                done[key] = evaluate_score(sn, evaluator, json.loads(key))
+                self.study.set_user_attr(RERANK_ATTR, done)
+        self.study.set_user_attr(RERANK_K_ATTR, max(k, int(self.study.user_attrs.get(RERANK_K_ATTR) or 0)))
+        return done
 
     def config(self, number: int) -> Config:
         """The config of trial ``number``."""
