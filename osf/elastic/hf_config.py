@@ -231,7 +231,7 @@ def _update_depth(sub: nn.Module, sn: "Supernet", config: Any, dropped: list[str
         if not mine:
             continue
         lengths = [len(sn.model.get_submodule(s)) for s in mine]
-        new = [len(sub.get_submodule(s)) for s in mine]
+        new = [_length_in(sub, sn, s, dropped) for s in mine]
         lists = [f for f, v in c.to_dict().items() if v == lengths and _is_int_list(v)]
         if new != lengths and len(lists) > 1:  # one of them is the depths: the one the shapes confirm
             scores = {}
@@ -264,6 +264,14 @@ def _update_depth(sub: nn.Module, sn: "Supernet", config: Any, dropped: list[str
                 except AttributeError:  # derived from an index list, renumbered above
                     pass
     return fields
+
+
+def _length_in(sub: nn.Module, sn: "Supernet", stack: str, dropped: list[str]) -> int:
+    """Length of layer list ``stack`` (a path of the full model) in the subnet; the full length
+    when the list went with an enclosing layer that was dropped."""
+    if any(stack.startswith(b + ".") for b in dropped):
+        return len(sn.model.get_submodule(stack))
+    return len(sub.get_submodule(renumber(sn.ir, stack, dropped)))
 
 
 def _is_int_list(value: Any) -> bool:

@@ -222,19 +222,21 @@ def remove_blocks(model: nn.Module, names: Iterable[str]) -> None:
     for name in names:
         stack, _, idx = name.rpartition(".")
         by_stack.setdefault(stack, set()).add(int(idx))
-    for stack, indices in by_stack.items():
-        remove_layers(model, stack, indices)
+    # inner lists first: removing a layer of an outer list renumbers the paths of those inside it
+    for stack in sorted(by_stack, key=lambda s: -s.count(".") - bool(s)):
+        remove_layers(model, stack, by_stack[stack])
 
 
 def renumber(ir: IR, name: str, dropped: Collection[str]) -> str:
     """Where ``name`` (a module or tensor path of the full model) sits once ``dropped`` are gone."""
-    for stack, blocks in ir.stacks.items():
+    # inner lists first, as remove_blocks removes them: an outer list's prefix is unchanged by them
+    for stack in sorted(ir.stacks, key=lambda s: -s.count(".") - bool(s)):
         prefix = f"{stack}." if stack else ""
         if name.startswith(prefix):
             idx, _, tail = name[len(prefix):].partition(".")
             if idx.isdigit():
-                removed = sum(1 for b in blocks if b.name in dropped and b.index < int(idx))
-                return f"{prefix}{int(idx) - removed}" + (f".{tail}" if tail else "")
+                removed = sum(1 for b in ir.stacks[stack] if b.name in dropped and b.index < int(idx))
+                name = f"{prefix}{int(idx) - removed}" + (f".{tail}" if tail else "")
     return name
 
 

@@ -378,6 +378,10 @@ def split(ctx: Context, node: fx.Node) -> None:
                 ctx.unify(xa[k], o[k])
         parts.append(o[d])
     ctx.alg.define(xa[d], "cat", parts, op)
+    if op == "chunk" and len({ctx.alg.size_of(p) for p in parts}) == 1:
+        # chunk(n) cuts n equal parts of whatever size the axis has: they shrink together
+        for part in parts[1:]:
+            ctx.unify(parts[0], part)
     # sizes given by module attributes (e.g. [self.time_step_rank, self.ssm_state_size, ...])
     sources = node.meta.get("int_sources", {})
     for path, src in sources.items():
