@@ -18,6 +18,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from osf.elastic.validate import MODELING_FILE
+
 SEARCH_RECORD = "osf_search.json"
 PARETO_PLOT = "pareto.png"
 RECORD_FORMAT = 1
@@ -56,7 +58,7 @@ def search_record(spec: Mapping[str, Any], result: Any, trial: int, config: Mapp
     from osf.search.objectives import BUDGETS
 
     trials = result.trials
-    rows = [{k: _plain(r.get(k)) for k in ("number", *METRICS, "feasible")} for r in trials.to_dict("records")]
+    rows = [{k: plain_value(r.get(k)) for k in ("number", *METRICS, "feasible")} for r in trials.to_dict("records")]
     pareto = [int(n) for n in result.pareto["number"]] if not result.pareto.empty else []
     budgets = {a: spec[a] for a in BUDGETS if spec.get(a) is not None}
     return {
@@ -67,8 +69,8 @@ def search_record(spec: Mapping[str, Any], result: Any, trial: int, config: Mapp
         "budgets": budgets, "study_name": spec.get("study_name"),
         "trial": int(trial), "config": dict(config),
         "full_sizes": {d: choices[0] for d, choices in (spec.get("space") or {}).get("dims", {}).items() if choices},
-        "metrics": {k: _plain(metrics.get(k)) for k in METRICS if _plain(metrics.get(k)) is not None},
-        "reference": {k: _plain(v) for k, v in reference.items() if _plain(v) is not None},
+        "metrics": {k: plain_value(metrics.get(k)) for k in METRICS if plain_value(metrics.get(k)) is not None},
+        "reference": {k: plain_value(v) for k, v in reference.items() if plain_value(v) is not None},
         "loads_with_from_pretrained": loads_with_from_pretrained, "notes": list(notes),
         "trials": rows, "pareto": pareto, "best_per_budget": best_per_budget(result, budgets),
     }
@@ -91,7 +93,7 @@ def best_per_budget(result: Any, budgets: Mapping[str, float] | None = None) -> 
             out.append({"budget": label, "trial": None})
             continue
         out.append({"budget": label, "trial": int(row["number"]),
-                    **{k: _plain(row.get(k)) for k in METRICS if _plain(row.get(k)) is not None}})
+                    **{k: plain_value(row.get(k)) for k in METRICS if plain_value(row.get(k)) is not None}})
     return out
 
 
@@ -174,12 +176,14 @@ def _subnet_card(folder: Path, repo_id: str | None) -> str:
                          f"and {PARETO_PLOT}, or extract the subnet again with `osf extract`")
     cls = str(meta.get("class", "")).rpartition(".")[2]
     loads = meta.get("config_expresses_subnet")
+    remote_code = (folder / MODELING_FILE).is_file()  # per-layer sizes, rebuilt by code shipped in the folder
     pipeline = pipeline_tag(cls)
     base = _hub_id(record["model"]) if record else None
     base = base or _hub_id((meta.get("original_config") or {}).get("_name_or_path"))
     name = _name(repo_id, folder)
     evals = _eval_results(record, pipeline) if record else None
-    metadata = _metadata(library="transformers" if loads else "osf", base=base, tags=["osf", "pruned", "subnet"],
+    metadata = _metadata(library="transformers" if loads or remote_code else "osf", base=base,
+                         tags=["osf", "pruned", "subnet", *(["custom_code"] if remote_code and not loads else [])],
                          model_type=(meta.get("hf_config") or {}).get("model_type"), pipeline=pipeline, name=name,
                          evals=evals)
     config = meta.get("config") or {}
@@ -188,7 +192,7 @@ def _subnet_card(folder: Path, repo_id: str | None) -> str:
              "Formation) from its weight-sharing supernet: a real, smaller model with its own weights.", ""]
     if record:
         lines += _record_summary(record)
-    lines += ["## How to load", "", _how_to_load(loads, repo_id or str(folder), cls), ""]
+    lines += ["## How to load", "", _how_to_load(loads, repo_id or str(folder), cls, remote_code), ""]
     n_params = stored_parameters(folder)
     lines += ["## Config", ""]
     if n_params:
@@ -319,11 +323,15 @@ def stored_parameters(folder: Path) -> int:
     return total
 
 
-def _how_to_load(loads: bool | None, where: str, cls: str) -> str:
+def _how_to_load(loads: bool | None, where: str, cls: str, remote_code: bool) -> str:
     code = f"```python\nimport osf\n\nmodel = osf.load_subnet({where!r})\n```"
     if loads:
         return ("Its `config.json` describes the subnet, so it loads with plain `from_pretrained` "
                 f"(`transformers.{cls}.from_pretrained({where!r})`) as well as with OSF:\n\n{code}")
+    if remote_code:
+        return ("Its sizes differ from layer to layer, more than `config.json` can say: the folder ships the code "
+                f"that rebuilds it (`{MODELING_FILE}`), so it loads without OSF with "
+                f"`AutoModel...from_pretrained({where!r}, trust_remote_code=True)`, or with OSF:\n\n{code}")
     if loads is None:
         return f"Load it with OSF:\n\n{code}"
     return ("Plain `from_pretrained` does **not** load it (its per-layer sizes are more than `config.json` can say); "
@@ -410,7 +418,8 @@ def _fmt(key: str, value: Any) -> str:
     return f"{value:.4g}"
 
 
-def _plain(v: Any) -> Any:
+def plain_value(v: Any) -> Any:
+    """A numpy/pandas scalar as a plain Python value; NaN as ``None``."""
     if hasattr(v, "item"):
         v = v.item()
     if isinstance(v, float) and v != v:

@@ -9,8 +9,13 @@ from typing import Any, Callable, Optional
 import typer
 
 import osf.search.run as run_module
+from osf.elastic.config import BLOCK_ORDERS
+from osf.elastic.importance import IMPORTANCE_METHODS
 from osf.search.run import check_task_inputs, read_run, write_run
 from osf.search.storage import JOURNAL_NAME, default_study_name
+
+# ``osf search`` options that set a SupernetConfig field (the choices come from the modules that define them)
+BUILD_OPTIONS = {"--space": "space", "--importance": "importance", "--block-order": "block_order", "--depth": "min_depth"}
 
 
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -58,6 +63,18 @@ def search_cmd(
     batch_size: int = typer.Option(16, "--batch-size"),
     num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="Few-shot examples for lm-eval tasks (default 0)."),
     seed: int = typer.Option(0, "--seed"),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer folder or hub id, for a model that "
+                                            "ships without one (default: the model's own)."),
+    space: Optional[str] = typer.Option(None, "--space", help="Restrict the search space: a JSON/YAML file or inline "
+                                        "JSON of dim pattern -> sizes, e.g. '{\"*:d_state\": [16, 8]}'."),
+    importance: Optional[str] = typer.Option(None, "--importance", help="How channels are ranked: "
+                                             f"{', '.join(IMPORTANCE_METHODS)} (see osf.SupernetConfig)."),
+    block_order: Optional[str] = typer.Option(None, "--block-order", help="How layers are ranked for dropping: "
+                                              f"{', '.join(BLOCK_ORDERS)}."),
+    calibration: Optional[int] = typer.Option(None, "--calibration", help="Rank channels and layers on this many "
+                                              "batches of the task's held-out data (never scored)."),
+    depth: Optional[float] = typer.Option(None, "--depth", help="Share (0, 1] of each layer stack every subnet keeps "
+                                          "(1: no layer is dropped)."),
 ) -> None:
     """Search MODEL's supernet for the best subnets on TASK."""
     from osf.search.objectives import check_budgets, check_objectives
@@ -84,18 +101,32 @@ def search_cmd(
     if storage is not None:
         _check_storage(storage, run_dir)
     check_task_inputs(task, data, include_path)
+    if calibration is not None and calibration < 1:
+        raise ValueError(f"--calibration must be a positive number of batches (or left out for none), got {calibration}")
+    overrides = parse_space(space)
+    build = check_build_options({"--space": overrides, "--importance": importance, "--block-order": block_order,
+                                 "--depth": depth})
+    if tokenizer is not None and not tokenizer.strip():
+        raise ValueError("--tokenizer must name a tokenizer folder or hub id, got an empty string")
     if num_fewshot is None and task not in run_module.BUILTIN_TASKS:
         num_fewshot = 0
     given = {"model": model, "task": task, "objectives": list(objs), **budget_args, "limit": limit, "storage": storage,
              "data": str(data.resolve()) if data else None, "batch_size": batch_size, "num_fewshot": num_fewshot,
-             "include_path": str(include_path.resolve()) if include_path else None}
+             "include_path": str(include_path.resolve()) if include_path else None,
+             "tokenizer": tokenizer, "calibration": calibration, "space_overrides": overrides}
     run_module.check_run_identity(run_dir, given)  # before the model is loaded: a changed option is refused at once
 
     import osf
     import osf.search as osf_search
 
+    tok = load_tokenizer(tokenizer) if tokenizer is not None else None  # before the model: a bad one fails fast
+    if tok is None:
+        check_tokenizer_shipped(model, task)
     net, pre = run_module.load_model(model)
+    pre = tok if tok is not None else shipped_preprocessor(model, pre, task)
     loaded = net if isinstance(net, osf.Supernet) else None  # MODEL is a supernet checkpoint folder
+    if loaded is not None:
+        _refuse_build_options_for_checkpoint(model, {**build, "--calibration": calibration})
     plain = loaded.model if loaded is not None else net
     run_module.check_model_kind(task, plain, model)
     checksum = run_module.weights_checksum(net)
@@ -103,16 +134,25 @@ def search_cmd(
     evaluator = run_module.build_evaluator(task, pre, data=data, include_path=include_path, limit=limit, batch_size=batch_size,
                                 num_fewshot=num_fewshot)
     run_module.check_model_fits_task(task, plain, pre, evaluator, model)
-    sn = loaded if loaded is not None else osf.supernet(net)
+    batches = calibration_batches(evaluator, calibration, task)
+    if loaded is not None:
+        sn = loaded
+        if overrides is not None:
+            sn.space = sn.space.restrict(overrides)  # osf extract restricts the restored checkpoint the same way
+    else:
+        sn = osf.supernet(net, config=build_config(build), calibration=batches)
     _check_params_budget(sn, budgets)
     spec = {
         **given, "space": json.loads(sn.space.to_json()), "weights_sha256": checksum,
         run_module.SUPERNET_CONFIG_KEY: sn.build_config.to_dict(),
+        "supernet_sha256": run_module.weights_checksum(sn.model),
         "trials": trials, "sampler": sampler, "seed": seed, "device": device,
         "study_name": default_study_name(Path(model).name, objs, budgets, sn.space.to_json(), model=model, task=task,
                                          limit=limit, batch_size=batch_size, num_fewshot=num_fewshot),
     }
     old = run_module.check_run_identity(run_dir, spec)
+    if old is not None:
+        _check_same_build(run_dir, old, spec)
     if old is not None and old.get("study_name"):
         spec["study_name"] = old["study_name"]  # the study this run folder already holds
         if not storage:
@@ -145,6 +185,153 @@ def _check_params_budget(sn: Any, budgets: dict[str, float]) -> None:
     if params:
         ends = {"params": float(sn.num_params(sn.space.smallest()))}, {"params": float(sn.num_params(sn.space.largest()))}
         check_reachable(params, *ends, cli=True)
+
+
+def parse_space(value: str | None) -> dict[str, Any] | None:
+    """``--space``: inline JSON (starting with ``{``) or the path of a JSON/YAML file, as a dict."""
+    if value is None:
+        return None
+    if value.lstrip().startswith("{"):
+        try:
+            data = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--space is not valid inline JSON at column {e.colno}: {e.msg} (e.g. "
+                             "'{\"*:d_state\": [16, 8]}', or the path of a JSON/YAML file)") from None
+        if not isinstance(data, dict):
+            raise ValueError("--space must hold a mapping of dim pattern -> sizes")
+        return data
+    path = Path(value)
+    if not path.exists():
+        raise ValueError(f"--space {value!r} is neither inline JSON (starting with '{{') nor an existing JSON/YAML file")
+    from osf.space import load_mapping
+
+    try:
+        return load_mapping(path)
+    except ValueError as e:
+        raise ValueError(f"--space: {e}") from None
+
+
+def check_build_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The given ``--space/--importance/--block-order/--depth`` values, each checked by
+    :class:`osf.SupernetConfig` (one line naming the option and what it allows)."""
+    from osf.elastic.config import SupernetConfig
+
+    given = {opt: v for opt, v in options.items() if v is not None}
+    for opt, value in given.items():
+        try:
+            SupernetConfig(**{BUILD_OPTIONS[opt]: value})
+        except ValueError as e:
+            raise ValueError(f"{opt} {_shown(value)}: {' '.join(str(e).split())}") from None
+    return given
+
+
+def build_config(build: dict[str, Any]) -> Any:
+    """The :class:`osf.SupernetConfig` the ``osf search`` options describe (defaults elsewhere)."""
+    from osf.elastic.config import SupernetConfig
+
+    return SupernetConfig(**{BUILD_OPTIONS[opt]: v for opt, v in build.items()})
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def load_tokenizer(name: str) -> Any:
+    """``--tokenizer``: a tokenizer from a local folder or the Hub, or a one-line error."""
+    from transformers import AutoTokenizer
+
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1 or "\\" in name
+    if looks_local and not Path(name).expanduser().exists():
+        raise ValueError(f"--tokenizer {name!r} does not exist; give a tokenizer folder or a hub id (namespace/name)")
+    folder = Path(name).expanduser()
+    if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ValueError(f"--tokenizer {name!r} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); give "
+                         "the folder a tokenizer was saved to (tokenizer.save_pretrained) or a hub id")
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as e:  # OSError, ValueError, ... depending on what is missing
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"--tokenizer {name!r}: cannot load a tokenizer from it ({first}); give a folder holding "
+                         "tokenizer files (tokenizer.json / tokenizer_config.json) or a hub id") from None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "merges.txt")
+
+
+def check_tokenizer_shipped(model: str, task: str) -> None:
+    """Before loading: a model folder without tokenizer files cannot be scored on a text task unless
+    ``--tokenizer`` names one (transformers would build an empty tokenizer from its config alone)."""
+    folder = Path(model)
+    if task not in run_module.IMAGE_TASKS and folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ValueError(f"model {model!r} ships without a tokenizer, which task {task!r} needs: pass --tokenizer "
+                         "(a tokenizer folder or hub id)")
+
+
+def _empty_tokenizer(model: str, pre: Any) -> bool:
+    """Whether ``pre`` is a tokenizer transformers built for a folder that holds no tokenizer files."""
+    from transformers import PreTrainedTokenizerBase
+
+    folder = Path(model)
+    return isinstance(pre, PreTrainedTokenizerBase) and folder.is_dir() and \
+        not any((folder / f).is_file() for f in TOKENIZER_FILES)
+
+
+def shipped_preprocessor(model: str, pre: Any, task: str) -> Any:
+    """The tokenizer or processor the model came with; a built-in model has none, which a text task needs."""
+    if pre is None and task not in run_module.IMAGE_TASKS and model in _builtin_models():
+        raise ValueError(f"built-in model {model!r} ships without a tokenizer, which task {task!r} needs: pass "
+                         "--tokenizer (a tokenizer folder or hub id)")
+    return pre
+
+
+def _builtin_models() -> tuple[str, ...]:
+    from osf.models import BUILTIN
+
+    return tuple(BUILTIN)
+
+
+def calibration_batches(evaluator: Any, n: int | None, task: str) -> list[Any] | None:
+    """``--calibration N``: N batches of the evaluator's held-out data (``None`` without the option)."""
+    if n is None:
+        return None
+    from osf.elastic.importance import resolve_calibration
+
+    batches = resolve_calibration(evaluator, n)
+    if not batches:
+        raise ValueError(f"--calibration {n}: task {task!r} has no held-out data to calibrate on (every example is "
+                         "scored and there is no training split); score fewer examples with --limit, or leave "
+                         "--calibration out")
+    return batches
+
+
+def _refuse_build_options_for_checkpoint(model: str, build: dict[str, Any]) -> None:
+    fixed = [opt for opt, v in build.items() if v is not None and opt != "--space"]
+    if fixed:
+        raise ValueError(f"{model!r} is a supernet checkpoint: its channels and layers were ranked when it was built "
+                         f"(see its osf_supernet.json), so {', '.join(fixed)} cannot apply; give the original model "
+                         "to build a new supernet, or leave them out (--space still restricts its space)")
+
+
+def _check_same_build(run_dir: Path, old: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Resuming with another tokenizer, calibration or build setting would mix scores of other subnets."""
+    then, now = run_module.supernet_config(old, run_dir), run_module.supernet_config(spec, run_dir)
+    changed = [f"the supernet's build settings ({_diff(then.to_dict(), now.to_dict())})"] if then != now else []
+    for key, opt in (("tokenizer", "--tokenizer"), ("calibration", "--calibration"), ("space_overrides", "--space")):
+        if old.get(key) != spec.get(key):
+            changed.append(f"{opt} ({_shown(old.get(key)) if old.get(key) is not None else '(not given)'} then, "
+                           f"{_shown(spec.get(key)) if spec.get(key) is not None else '(not given)'} now)")
+    if not changed and old.get("supernet_sha256") and old["supernet_sha256"] != spec.get("supernet_sha256"):
+        changed.append("the order of the supernet's channels (checksum of its reordered weights)")
+    if changed:
+        raise ValueError(f"{str(run_dir)!r} holds another run: {'; '.join(changed)} changed since it was made. Scores "
+                         "made with other settings cannot be mixed: repeat the run's settings to resume it, or choose "
+                         "a new --out")
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {_shown(a.get(k))} -> {_shown(b.get(k))}" for k in sorted(set(a) | set(b))
+                     if a.get(k) != b.get(k))
 
 
 def _check_device(device: str) -> None:
@@ -254,17 +441,33 @@ def extract_cmd(
         raise ValueError(f"the weights of model {spec['model']!r} changed since the search in {str(run_dir)!r} (checksum "
                          "differs): its scores and configs describe other weights; search again, or extract from the "
                          "model the search used")
+    if spec.get("tokenizer"):
+        pre = load_tokenizer(spec["tokenizer"])
+    elif _empty_tokenizer(spec["model"], pre):
+        pre = None  # not saved with the subnet: transformers made it up from the config alone
     if isinstance(net, osf.Supernet):
         sn = net  # a supernet checkpoint: restored as saved, space and all
+        if spec.get("space_overrides") is not None:
+            sn.space = sn.space.restrict(spec["space_overrides"])  # as the search restricted it
     else:
-        if build_config.importance == "activation":
-            raise ValueError(f"the supernet of {str(run_dir)!r} was built with activation importance from calibration "
-                             "batches, which are not saved: save that supernet with sn.save_pretrained and search and "
-                             "extract from the checkpoint folder")
-        sn = osf.supernet(net, config=build_config)  # built as the search built it
+        batches = None
+        if spec.get("calibration"):  # the same held-out batches of the same task data
+            evaluator = run_module.build_evaluator(
+                spec["task"], pre, data=spec.get("data"), include_path=spec.get("include_path"), limit=spec.get("limit"),
+                batch_size=spec.get("batch_size") or 16, num_fewshot=spec.get("num_fewshot"))
+            batches = calibration_batches(evaluator, int(spec["calibration"]), spec["task"])
+        elif build_config.calibration_batches:
+            raise ValueError(f"the supernet of {str(run_dir)!r} was ranked on calibration batches that were not saved "
+                             "(given through the Python API): save that supernet with sn.save_pretrained, and search "
+                             "and extract from the checkpoint folder")
+        sn = osf.supernet(net, config=build_config, calibration=batches)  # built as the search built it
     if json.loads(sn.space.to_json()) != spec["space"]:  # a guard: the study's configs must fit this supernet
         raise ValueError(f"the supernet of {spec['model']!r} no longer has the space recorded in {run_dir}/run.json "
                          "(another osf version?); extract with the osf version that ran the search")
+    if spec.get("supernet_sha256") and run_module.weights_checksum(sn.model) != spec["supernet_sha256"]:
+        raise ValueError(f"the supernet rebuilt from {spec['model']!r} orders its channels differently from the one "
+                         f"searched in {str(run_dir)!r} (checksum of the reordered weights differs), so the trials' "
+                         "configs would pick other weights; extract with the osf version and data the search used")
     result = SearchResult(study=study, space=SearchSpace.from_json(json.dumps(spec["space"])),
                           objectives=tuple(spec["objectives"]), reference=study.user_attrs.get("osf_reference", {}))
     if best:
@@ -345,6 +548,185 @@ def _ranges(numbers: list[int]) -> str:
 
 
 @_errors
+def show_cmd(
+    run_dir: Path = typer.Argument(..., help="A folder written by `osf search`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the Pareto front and the best trial per budget as JSON."),
+) -> None:
+    """Show a search run: its Pareto front and the best trial per budget."""
+    from osf.search.card import best_per_budget
+    from osf.search.objectives import BUDGETS, resolve_budgets
+    from osf.search.card import plain_value
+    from osf.search.result import SearchResult
+    from osf.space import SearchSpace
+
+    spec = read_run(run_dir)
+    study = _load_study(run_dir, spec)
+    reference = study.user_attrs.get("osf_reference", {})
+    budgets = {a: spec[a] for a in BUDGETS if spec.get(a) is not None}
+    try:
+        limits = resolve_budgets(budgets, reference)
+    except (KeyError, ValueError):
+        limits = {}
+    result = SearchResult(study=study, space=SearchSpace.from_json(json.dumps(spec["space"])),
+                          objectives=tuple(spec["objectives"]), limits=limits, reference=reference)
+    best = best_per_budget(result, budgets)
+    if as_json:
+        front = [{k: plain_value(v) for k, v in r.items() if k != "config"} | {"config": json.loads(r["config"])}
+                 for r in result.pareto.to_dict("records")]
+        typer.echo(json.dumps({"model": spec["model"], "task": spec["task"], "metric": study.user_attrs.get("osf_metric"),
+                               "reference": reference, "trials": len(result.trials), "pareto": front,
+                               "best_per_budget": best}, indent=2))
+        return
+    typer.echo(f"run {run_dir}: model {spec['model']!r}, task {spec['task']!r}, {len(result.trials)} completed trial(s)")
+    if study.user_attrs.get("osf_metric"):
+        typer.echo(f"score: {study.user_attrs['osf_metric']}")
+    typer.echo("\nPareto front:")
+    typer.echo(result.table())
+    typer.echo("\nBest per budget:")
+    typer.echo(_budget_table(best))
+
+
+def _budget_table(best: list[dict[str, Any]]) -> str:
+    import pandas as pd
+
+    rows = []
+    for b in best:
+        row = {"budget": b["budget"], "trial": "-" if b.get("trial") is None else b["trial"]}
+        for c in ("score", "params", "macs", "latency"):
+            if any(c in x for x in best):
+                v = b.get(c)
+                row[c] = "-" if v is None else (f"{v:,.0f}" if c in ("params", "macs") else f"{v:.4g}")
+        rows.append(row)
+    return pd.DataFrame(rows).to_string(index=False) if rows else "(no budgets: the run has no reference costs)"
+
+
+@_errors
+def eval_cmd(
+    model: str = typer.Argument(..., help="A subnet folder (osf extract), a supernet checkpoint folder (scored at its "
+                                "largest config), a Hugging Face folder, hub id, or built-in tiny model."),
+    task: str = typer.Option(..., "--task", help="As for osf search: lm-eval task(s), cifar10, cifar100, imagenet, "
+                             "imagefolder, or perplexity."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Examples to score (images, lm-eval documents, "
+                                        "perplexity batches); default all."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data folder/file for image tasks or perplexity."),
+    include_path: Optional[Path] = typer.Option(None, "--include-path", help="Folder of local lm-eval task YAMLs."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="Few-shot examples for lm-eval tasks (default 0)."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer folder or hub id, for a model that "
+                                            "ships without one (default: the model's own)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Score a saved subnet or a model on TASK, as `osf search` scores its trials; print score, params and MACs."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be a positive number of examples (or left out for all), got {limit}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise ValueError(f"--num-fewshot must be 0 or more, got {num_fewshot}")
+    if num_fewshot is not None and task in run_module.BUILTIN_TASKS:
+        raise ValueError(f"--num-fewshot applies to lm-eval tasks only, not to --task {task}")
+    _check_device(device)
+    check_task_inputs(task, data, include_path)
+    if num_fewshot is None and task not in run_module.BUILTIN_TASKS:
+        num_fewshot = 0
+    tok = load_tokenizer(tokenizer) if tokenizer is not None else None  # before the model: a bad one fails fast
+    if tok is None:
+        check_tokenizer_shipped(model, task)
+    net, pre = load_for_eval(model)
+    pre = tok if tok is not None else shipped_preprocessor(model, pre, task)
+    import osf
+
+    plain = net.model if isinstance(net, osf.Supernet) else net
+    run_module.check_model_kind(task, plain, model)
+    net.to(device)
+    evaluator = run_module.build_evaluator(task, pre, data=data, include_path=include_path, limit=limit,
+                                           batch_size=batch_size, num_fewshot=num_fewshot)
+    run_module.check_model_fits_task(task, plain, pre, evaluator, model)
+    result = score_model(net, evaluator)
+    if as_json:
+        typer.echo(json.dumps({"model": model, "task": task, **result}, indent=2))
+        return
+    macs = "-" if result["macs"] is None else f"{result['macs']:,}"
+    typer.echo(f"model {model!r} on {task}: score {result['score']:.6g} ({result['metric']}); "
+               f"params {result['params']:,}; MACs {macs}")
+
+
+def load_for_eval(name: str) -> tuple[Any, Any]:
+    """``(model, tokenizer or processor)`` for ``osf eval``: a subnet folder through ``osf.load_subnet``
+    (per-layer sizes included), anything else as ``osf search`` loads its MODEL."""
+    from osf.elastic.validate import SUBNET
+
+    if (Path(name) / SUBNET.meta_file).is_file():
+        import osf
+
+        return osf.load_subnet(name), _preprocessor(name)
+    return run_module.load_model(name)
+
+
+def _preprocessor(folder: str) -> Any:
+    """The tokenizer or image processor saved in ``folder`` (``None`` when there is none)."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    for cls in (AutoTokenizer, AutoImageProcessor):
+        try:
+            return cls.from_pretrained(folder)
+        except Exception:  # no such files: try the next kind
+            continue
+    return None
+
+
+def score_model(model: Any, evaluator: Any) -> dict[str, Any]:
+    """The evaluator's score of ``model`` (a supernet at its current config, or a plain model), its
+    parameters (each shared tensor once) and MACs on the evaluator's example inputs (as the search counts them)."""
+    import math
+
+    import osf
+
+    if isinstance(model, osf.Supernet):
+        with model.use(model.space.largest()):
+            raw = evaluator(model.model)
+        params, macs = model.num_params(model.space.largest()), _macs_or_none(
+            lambda x: model.macs(model.space.largest(), inputs=x), evaluator)
+    else:
+        raw = evaluator(model)
+        params = sum(p.numel() for p in model.parameters())  # tied tensors once
+        macs = _macs_or_none(lambda x: count_macs(model, x), evaluator)
+    score = float(raw)
+    if not math.isfinite(score):
+        raise ValueError(f"evaluator {evaluator.name!r} returned {score}; the model's outputs are not finite")
+    describe = getattr(evaluator, "describe", None)
+    return {"score": score, "metric": describe() if callable(describe) else evaluator.name, "params": int(params),
+            "macs": macs}
+
+
+def _macs_or_none(count: Callable[[Any], int], evaluator: Any) -> int | None:
+    example = getattr(evaluator, "example_inputs", None)
+    inputs = example() if callable(example) else None
+    return None if inputs is None else int(count(inputs))
+
+
+def count_macs(model: Any, inputs: Any) -> int:
+    """Multiply-accumulates of one forward pass of ``model`` on ``inputs`` (``torch.utils.flop_counter``,
+    as :meth:`osf.Supernet.macs` counts them)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from osf.ir.trace import normalize_inputs
+    from osf.modes import eval_mode
+    from osf.search.objectives import model_device
+
+    device = model_device(model)
+    args, kwargs = normalize_inputs(inputs)
+    args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+    kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), eval_mode(model), counter:
+        model(*args, **kwargs)
+    return counter.get_total_flops() // 2
+
+
+@_errors
 def demo_cmd(
     out: Path = typer.Option(Path("osf-demo"), "--out", help="Where the run and the subnet go."),
     trials: int = typer.Option(20, "--trials", min=1),
@@ -364,3 +746,5 @@ def register(app: typer.Typer) -> None:
     app.command("search")(search_cmd)
     app.command("extract")(extract_cmd)
     app.command("demo")(demo_cmd)
+    app.command("show")(show_cmd)
+    app.command("eval")(eval_cmd)
