@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -127,9 +128,9 @@ def analyze(model_or_graph: nn.Module | fx.GraphModule, example_inputs: Any = No
             first = by_attr.setdefault((b.module, b.attr), b.expr)
             ctx.unify(first, b.expr)
     # derived constant buffers (non-persistent: masks, index tables, coordinates) keep their shape
-    for path, mod in gm.named_modules():
+    for path, mod in model.named_modules():
         for bname in getattr(mod, "_non_persistent_buffers_set", ()):
-            full = f"{path}.{bname}" if path else bname
+            full = f"{_PREFIX}{path}.{bname}" if path else f"{_PREFIX}{bname}"
             if ctx.canonical.get(full, full) in ctx.param_vars:
                 for v in ctx.param_axes(full):
                     ctx.alg.fix(v, "non-persistent buffer")
@@ -147,7 +148,7 @@ def _analyze_node(ctx: Context, gm: fx.GraphModule, node: fx.Node) -> None:
         for v in ctx.axes(node) or []:
             ctx.alg.fix(v, "model input")
     elif node.op == "get_attr":
-        if node.meta.get("constant") or ctx.canonical.get(node.target, node.target) in ctx.buffer_names:
+        if node.meta.get("constant") or _derived_buffer(ctx, gm, node.target):
             # tensors the model's own code reads as data (masks, index and coordinate tables)
             for v in ctx.axes(node) or []:
                 ctx.alg.fix(v, "constant or buffer read as data")
@@ -169,6 +170,20 @@ def _analyze_node(ctx: Context, gm: fx.GraphModule, node: fx.Node) -> None:
         for a in ctx.tensor_args(node):
             for v in ctx.axes(a) or []:
                 ctx.alg.fix(v, "model output")
+
+
+def _derived_buffer(ctx: Context, gm: fx.GraphModule, target: str) -> bool:
+    """A buffer read as data that is not a weight: integer tables, and buffers the model does not
+    save (rebuilt from its config: masks, rotary tables, Falcon-H1's ``mup_vector``). A saved
+    floating-point buffer (a per-channel multiplier) is sliced like a parameter."""
+    name = ctx.canonical.get(target, target)
+    if name not in ctx.buffer_names:
+        return False
+    owner, _, leaf = name.rpartition(".")
+    mod = ctx.user_module(owner)  # the model's own module (the graph's copies lack its buffer settings)
+    buf = getattr(mod, leaf, None)
+    return (not isinstance(buf, torch.Tensor) or not buf.is_floating_point()
+            or leaf in getattr(mod, "_non_persistent_buffers_set", ()))
 
 
 def _build_ir(ctx: Context, gm: fx.GraphModule, model: nn.Module) -> IR:
