@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from osf.modes import eval_mode
-from osf.training.loop import _autocast, _check_data, _progress, batch_for_step, lr_schedule, param_groups
+from osf.training.loop import _autocast, _check_data, _NoBar, batch_for_step, lr_schedule, param_groups
 from osf.training.objective import evaluate, forward, logits_of, task_loss
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -244,7 +244,9 @@ def _with_adapters(model: nn.Module, probe: Mapping[str, torch.Tensor], kind: st
         lora = peft.LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                                target_modules=targets, modules_to_save=save or None, bias="none")
         try:
-            wrapped = peft.get_peft_model(model, lora)
+            with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; not the user's concern
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+                wrapped = peft.get_peft_model(model, lora)
         except ValueError as e:
             _strip_adapters(model)
             found = _REFUSED.search(str(e))
@@ -316,7 +318,7 @@ def _train(model: nn.Module, data: Any, config: FinetuneConfig, kind: str, devic
     autocast = _autocast(config.precision, device)
     if callback is not None:
         callback(0, _validate(model, data, kind, config, device))
-    bar = _progress(config.steps, 0, enabled=progress)
+    bar = _progress(config.steps, progress)
     was_training = model.training
     model.train()
     try:
@@ -342,6 +344,14 @@ def _train(model: nn.Module, data: Any, config: FinetuneConfig, kind: str, devic
     finally:
         bar.close()
         model.train(was_training)
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="osf finetune", unit="step", dynamic_ncols=True)
 
 
 def _validate(model: nn.Module, data: Any, kind: str, config: FinetuneConfig, device: torch.device) -> dict[str, float]:
