@@ -114,13 +114,7 @@ def analyze(model_or_graph: nn.Module | fx.GraphModule, example_inputs: Any = No
         if len(ctx.alg.conflicts) > n_conflicts:
             where = f" at {node.name} ({node.meta.get('op')}) in {_rel(node.meta.get('module', ''))!r}"
             ctx.alg.conflicts[n_conflicts:] = [c + where for c in ctx.alg.conflicts[n_conflicts:]]
-    # an attribute the model checks a size against (an input check) holds that size
-    for a, b in gm.meta["osf"].get("size_equalities", ()):
-        for attr, size in ((a, b), (b, a)):
-            if isinstance(attr, tuple) and attr[:1] == ("attr",) and isinstance(size, tuple) and size[:1] == ("size",):
-                axes = ctx.axes(size[1])
-                if axes is not None and isinstance(size[2], int) and -len(axes) <= size[2] < len(axes):
-                    ctx.bind_source(attr, axes[size[2]])
+    _couple_compared_sizes(ctx, gm.meta["osf"].get("size_comparisons", ()))
     # one attribute holds one size: every axis sized by it is the same dim
     by_attr: dict[tuple[str, str], int] = {}
     for b in ctx.attrs:
@@ -170,6 +164,41 @@ def _analyze_node(ctx: Context, gm: fx.GraphModule, node: fx.Node) -> None:
         for a in ctx.tensor_args(node):
             for v in ctx.axes(a) or []:
                 ctx.alg.fix(v, "model output")
+
+
+def _couple_compared_sizes(ctx: Context, comparisons: Any) -> None:
+    """Sizes the model's code compares with ``==`` / ``!=``, where one is a module attribute.
+
+    An attribute found equal to a tensor's size (an input check) holds that size; two attributes
+    found equal are one size. A comparison that came out unequal (a branch such as Hiera's
+    ``if self.hidden_size != self.hidden_size_output``), or one against a size no dim follows,
+    must come out the same in every subnet: the sizes involved are kept whole."""
+    def var_of(src: Any) -> int | None:
+        if not isinstance(src, tuple) or not src:
+            return None
+        if src[0] == "size":
+            axes = ctx.axes(src[1])
+            ok = axes is not None and isinstance(src[2], int) and -len(axes) <= src[2] < len(axes)
+            return axes[src[2]] if ok else None
+        if src[0] == "attr":
+            return next((b.expr for b in ctx.attrs if (b.module, b.attr) == (_rel(src[1]), src[2])
+                         and isinstance(b.expr, int)), None)
+        return None
+
+    for a, b, equal in comparisons:
+        attrs = [s for s in (a, b) if isinstance(s, tuple) and s[:1] == ("attr",)]
+        if not attrs:
+            continue
+        if equal:
+            for attr, other in ((a, b), (b, a)):
+                v = var_of(other)
+                if attr in attrs and v is not None:
+                    ctx.bind_source(attr, v)
+        va, vb = var_of(a), var_of(b)
+        if not equal or va is None or vb is None:
+            for v in (va, vb):
+                if v is not None:
+                    ctx.alg.fix(v, "size compared in the model's code")
 
 
 def _derived_buffer(ctx: Context, gm: fx.GraphModule, target: str) -> bool:

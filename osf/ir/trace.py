@@ -116,11 +116,12 @@ class TracedInt(int):
     __hash__ = int.__hash__
 
     def _note_equality(self, other: Any) -> None:
-        """A size compared with a module attribute (``if channels != self.num_channels: raise``)
-        is checked to be that attribute: the analysis keeps the two in step."""
-        if self._tracer is not None and self._tracer.recording and isinstance(other, TracedInt) \
-                and int(other) == int(self):
-            self._tracer.size_equalities.append((self.source, other.source))
+        """Record ``self == other`` / ``!=`` between tracked ints, with its outcome: a size checked
+        against a module attribute (``if channels != self.num_channels: raise``) is that
+        attribute, and two sizes a branch compares (``if self.hidden_size != self.hidden_size_output``)
+        must compare the same way in every subnet."""
+        if self._tracer is not None and self._tracer.recording and isinstance(other, TracedInt):
+            self._tracer.size_comparisons.append((self.source, other.source, int(other) == int(self)))
 
     def __reduce__(self):  # pickles / deep-copies as a plain int
         return (int, (int(self),))
@@ -270,7 +271,7 @@ class Tracer:
         self.module_outputs: dict[str, str] = {}
         self.iterated_lists: set[str] = set()  # layer lists the model loops over (not indexed by position)
         self.carries_extra_outputs: set[str] = set()  # modules returning (x, something, ...): not skippable
-        self.size_equalities: list[tuple[Any, Any]] = []  # sources of ints found equal by the model's checks
+        self.size_comparisons: list[tuple[Any, Any, bool]] = []  # (source, source, equal) of == / != on sizes
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -692,7 +693,7 @@ def trace(model: nn.Module, example_inputs: Any = None, *, check: bool = True) -
         "guards": tracer.guards,
         "leaf_calls": dict(tracer.leaf_calls),
         "module_outputs": dict(tracer.module_outputs),
-        "size_equalities": list(tracer.size_equalities),
+        "size_comparisons": list(tracer.size_comparisons),
         "carries_extra_outputs": sorted(tracer.carries_extra_outputs),
         "iterated_lists": sorted(tracer.iterated_lists),
         "inputs": [f"arg{i}" for i in range(len(args))] + list(tensor_kwargs),
