@@ -239,6 +239,9 @@ def _with_adapters(model: nn.Module, probe: Mapping[str, torch.Tensor], kind: st
             if not any(n == s or n.endswith("." + s) for n in names):
                 raise ValueError(f"modules_to_save {s!r} matches no module of {type(model).__name__}")
     targets = [t for t in targets if not any(t == s or t.endswith("." + s) for s in save)]
+    if not targets:
+        raise ValueError(f"no Linear layer is left to adapt: the targets are all in modules_to_save ({save}); pass "
+                         "other target= names, or full=True")
     refused: list[str] = []
     while True:
         lora = peft.LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
