@@ -417,7 +417,35 @@ def find_blocks(gm: fx.GraphModule, model: nn.Module) -> list[Block]:
                 blocks.append(Block(_rel(path), list_path, idx))
     # keep the finest level: a stage made of residual blocks is not itself a block
     names = [b.name for b in blocks]
-    return [b for b in blocks if not any(n.startswith(b.name + ".") for n in names)]
+    blocks = [b for b in blocks if not any(n.startswith(b.name + ".") for n in names)]
+    return _label_kinds(blocks, model)
+
+
+def _label_kinds(blocks: list[Block], model: nn.Module) -> list[Block]:
+    """Set ``kind`` on the blocks of stacks that mix layers of different structure (parameter
+    names and shapes): the children names only that kind has (``mamba``, ``self_attn``), or a
+    number when no child name tells them apart."""
+    by_stack: dict[str, list[Block]] = {}
+    for b in blocks:
+        by_stack.setdefault(b.stack, []).append(b)
+    for stack_blocks in by_stack.values():
+        sigs = {b.name: tuple(sorted((n, tuple(p.shape)) for n, p in model.get_submodule(b.name).named_parameters()))
+                for b in stack_blocks}
+        kinds = list(dict.fromkeys(sigs.values()))
+        if len(kinds) < 2:
+            continue
+        children = {sig: set() for sig in kinds}
+        for b in stack_blocks:
+            children[sigs[b.name]] |= {n for n, _ in model.get_submodule(b.name).named_children()}
+        labels = {}
+        for i, sig in enumerate(kinds):
+            own = sorted(children[sig] - set().union(*(children[o] for o in kinds if o != sig)))
+            labels[sig] = "+".join(own) if own else f"kind{i}"
+        if len(set(labels.values())) < len(kinds):
+            labels = {sig: f"kind{i}" for i, sig in enumerate(kinds)}
+        for b in stack_blocks:
+            b.kind = labels[sigs[b.name]]
+    return blocks
 
 
 def _is_residual(inside: list[fx.Node]) -> bool:

@@ -53,6 +53,12 @@ class Block:
     name: str  # module path of the layer, e.g. "backbone.layers.3"
     stack: str  # module path of the list holding it, e.g. "backbone.layers"
     index: int
+    kind: str = ""  # in a list of layers of several kinds (a hybrid's Mamba / attention layers): which
+
+    @property
+    def group(self) -> str:
+        """Its depth choice: the stack, or ``"<stack>[<kind>]"`` in a stack of several kinds."""
+        return f"{self.stack}[{self.kind}]" if self.kind else self.stack
 
 
 @dataclass
@@ -87,6 +93,15 @@ class IR:
         out: dict[str, list[Block]] = {}
         for b in self.blocks:
             out.setdefault(b.stack, []).append(b)
+        return out
+
+    @property
+    def depth_groups(self) -> dict[str, list[Block]]:
+        """Blocks by depth choice: one per stack, or one per kind of layer in a stack that mixes
+        kinds (a hybrid's Mamba, attention and MoE layers), so a search drops each kind on its own."""
+        out: dict[str, list[Block]] = {}
+        for b in self.blocks:
+            out.setdefault(b.group, []).append(b)
         return out
 
     def dim_of_var(self) -> dict[int, Dim]:

@@ -270,7 +270,8 @@ class Tracer:
         self.leaf_calls: dict[str, nn.Module] = {}
         self.module_outputs: dict[str, str] = {}
         self.iterated_lists: set[str] = set()  # layer lists the model loops over (not indexed by position)
-        self.carries_extra_outputs: set[str] = set()  # modules returning (x, something, ...): not skippable
+        self.carries_extra_outputs: set[str] = set()  # modules returning (x, something read later, ...)
+        self.extra_output_nodes: dict[str, list[fx.Node]] = {}
         self.size_comparisons: list[tuple[Any, Any, bool]] = []  # (source, source, equal) of == / != on sizes
 
     # ----------------------------------------------------------------- helpers
@@ -412,6 +413,26 @@ class Tracer:
         self.leaf_calls[path] = module
         return self.bind_output(node, out)
 
+    def note_extra_outputs(self, path: str, extras: tuple) -> None:
+        """What a module returns besides its output: tensors are followed to see whether the rest
+        of the model reads them (T5's position bias) or not (attention weights); anything else
+        but None is taken to be read."""
+        nodes = []
+        for o in extras:
+            if isinstance(o, torch.Tensor) and id(o) in self.env:
+                nodes.append(self.env[id(o)])
+            elif o is not None and not isinstance(o, torch.Tensor):
+                self.carries_extra_outputs.add(path)
+        self.extra_output_nodes.setdefault(path, []).extend(nodes)
+
+    def settle_extra_outputs(self) -> None:
+        """Modules whose extra outputs are read outside them (see :meth:`note_extra_outputs`)."""
+        for path, nodes in self.extra_output_nodes.items():
+            for n in nodes:
+                if n.op == "placeholder" or any(path not in u.meta.get("stack", ()) for u in n.users):
+                    self.carries_extra_outputs.add(path)
+                    break
+
     def note_guard(self, tensor: Any, what: str) -> None:
         if not isinstance(tensor, torch.Tensor):
             return
@@ -444,30 +465,47 @@ class Tracer:
             try:
                 out = original(module, *args, **kwargs)
                 tracer.module_outputs[path] = len(out) if isinstance(out, tuple) else 0
-                if isinstance(out, tuple) and any(o is not None for o in out[1:]):
-                    tracer.carries_extra_outputs.add(path)
+                if isinstance(out, tuple):
+                    tracer.note_extra_outputs(path, out[1:])
                 return out
             finally:
                 tracer.state.module_stack.pop()
 
         iter_originals = {cls: cls.__iter__ for cls in (nn.ModuleList, nn.Sequential)}
+        getitem_originals = {cls: cls.__getitem__ for cls in (nn.ModuleList, nn.Sequential)}
+        views: dict[int, tuple[str, nn.Module]] = {}  # slices of a list (``self.layers[:n]``): its path
+
+        def path_of(lst) -> str | None:
+            return tracer.module_names.get(id(lst)) or (views[id(lst)][0] if id(lst) in views else None)
 
         def iterating(cls):
             def it(lst):
-                if tracer.recording and id(lst) in tracer.module_names:
-                    tracer.iterated_lists.add(tracer.module_names[id(lst)])
+                path = path_of(lst) if tracer.recording else None
+                if path is not None:
+                    tracer.iterated_lists.add(path)
                 return iter_originals[cls](lst)
             return it
+
+        def slicing(cls):
+            def getitem(lst, idx):
+                out = getitem_originals[cls](lst, idx)
+                path = path_of(lst) if tracer.recording and isinstance(idx, slice) else None
+                if path is not None and isinstance(out, nn.Module):
+                    views[id(out)] = (path, out)  # kept alive: ids are not reused while tracing
+                return out
+            return getitem
 
         nn.Module.__call__ = call
         for cls in iter_originals:
             cls.__iter__ = iterating(cls)
+            cls.__getitem__ = slicing(cls)
         try:
             yield
         finally:
             nn.Module.__call__ = original
             for cls, fn in iter_originals.items():
                 cls.__iter__ = fn
+                cls.__getitem__ = getitem_originals[cls]
 
     @contextlib.contextmanager
     def track_int_attributes(self):
@@ -683,6 +721,7 @@ def trace(model: nn.Module, example_inputs: Any = None, *, check: bool = True) -
         model.train(was_training)
     out_args = {k: tracer.to_arg(v) for k, v in out.items()}
     tracer.graph.output(out_args)
+    tracer.settle_extra_outputs()
 
     root = wrapper
     for name, t in tracer.constants.items():
