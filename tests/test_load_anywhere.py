@@ -82,11 +82,11 @@ def run_clean(clean_python, args: list[str], timeout: int = 300) -> subprocess.C
 
 
 # ----------------------------------------------------------------- the subnets
-def _supernet(name: str):
+def _supernet(name: str, space: dict | None = None):
     model, _ = build(name)
     randomise_constants(model)  # biases, norms, D, A_log: a member left at its full size shows
     sharpen_weights(model)
-    return osf.supernet(model)
+    return osf.supernet(model, space=space)
 
 
 def _config(sn, **changes):
@@ -98,7 +98,8 @@ def _config(sn, **changes):
 
 
 MAMBA = "backbone.layers.{}.mixer:{}"
-VIT_MLP, VIT_HEADS = "vit.layers.{}.mlp:hidden", "vit.layers.{}.attention:heads"
+VIT_MLP, VIT_HEADS, VIT_HEAD_DIM = ("vit.layers.{}.mlp:hidden", "vit.layers.{}.attention:heads",
+                                   "vit.layers.{}.attention:head_dim")
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,8 @@ def saved(tmp_path_factory):
     """Subnet folders, each with its inputs and the supernet's outputs at its config."""
     root = tmp_path_factory.mktemp("subnets")
     g = torch.Generator().manual_seed(0)
-    mamba, vit = _supernet("tiny-mamba"), _supernet("tiny-vit")
+    # a smaller head_dim keeps the full attention scale: no config can express that subnet
+    mamba, vit = _supernet("tiny-mamba"), _supernet("tiny-vit", space={"*head_dim": [16, 8]})
     ids = {"input_ids": torch.randint(0, 256, (2, 9), generator=g)}
     pixels = {"pixel_values": torch.randn(2, 3, 32, 32, generator=g)}
     cases = {
@@ -118,8 +120,9 @@ def saved(tmp_path_factory):
         "mamba-depth": (mamba, _config(mamba, **{MAMBA.format(1, "d_inner"): 96, MAMBA.format(3, "d_state"): 4,
                                                  "backbone.layers.0": False, "backbone.layers.2": False}),
                         "AutoModelForCausalLM", ids, "logits"),
-        # per-layer heads and MLP widths
-        "vit": (vit, _config(vit, hidden=48, **{VIT_HEADS.format(0): 2, VIT_MLP.format(1): 64, VIT_MLP.format(3): 32}),
+        # per-layer heads, head_dim and MLP widths
+        "vit": (vit, _config(vit, hidden=48, **{VIT_HEADS.format(0): 2, VIT_HEAD_DIM.format(2): 8,
+                                                VIT_MLP.format(1): 64, VIT_MLP.format(3): 32}),
                 "AutoModelForImageClassification", pixels, "logits"),
         # uniform sizes and a layer dropped: the Hugging Face config says it all
         "vit-uniform": (vit, _config(vit, hidden=48, **{VIT_HEADS.format(i): 3 for i in range(4)},

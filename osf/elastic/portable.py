@@ -58,15 +58,21 @@ def apply_subnet(model: nn.Module, shapes: Mapping[str, Iterable[int]], attribut
         if local is not None:
             setattr(model.get_submodule(local) if local else model, a["attr"], copy.deepcopy(a["value"]))
     sync_module_attributes(model)
-    by_stack: dict[str, set[int]] = {}
-    for block in dropped:
-        local = _local_name(model, block, module=True)
-        if local is not None:
-            stack, _, index = local.rpartition(".")
-            by_stack.setdefault(stack, set()).add(int(index))
-    for stack, indices in by_stack.items():
-        remove_layers(model, stack, indices)
+    remove_blocks(model, [local for local in (_local_name(model, b, module=True) for b in dropped)
+                          if local is not None])
     return model
+
+
+def remove_blocks(model: nn.Module, names: Iterable[str]) -> None:
+    """Drop the layers named ``names`` (``"<layer list>.<index>"``, in the full model's
+    numbering), each list once, with :func:`remove_layers`; inner lists first, since removing
+    a layer of an outer list renumbers the paths of the lists inside it."""
+    by_stack: dict[str, set[int]] = {}
+    for name in names:
+        stack, _, index = name.rpartition(".")
+        by_stack.setdefault(stack, set()).add(int(index))
+    for stack in sorted(by_stack, key=lambda s: -s.count(".") - bool(s)):
+        remove_layers(model, stack, by_stack[stack])
 
 
 def sync_module_attributes(model: nn.Module) -> None:
