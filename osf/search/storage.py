@@ -1,9 +1,12 @@
 """Where a study lives, its name, and the bookkeeping that makes runs resumable.
 
 Default: an Optuna journal file (``study.journal``) in the run directory. Any Optuna
-RDB URL (``sqlite:///runs/x.db``, ``postgresql://...``) lets many processes share one
-study. Each running trial records its worker (host, pid) and a heartbeat, so trials
-left RUNNING by a killed process are recognised and marked failed.
+RDB URL (``sqlite:///runs/x.db``, ``postgresql+psycopg://user:pass@host/db``) lets many
+processes, on many machines, share one study. Each running trial records its worker
+(host, pid) and a heartbeat, so trials left RUNNING by a killed process are recognised
+(at once on the same host, after ``GRACE_S`` without a heartbeat elsewhere) and marked
+failed. With an RDB storage Optuna's own heartbeats (kept by the database's clock) do the
+same, and a failed trial is queued again with the same parameters (:class:`RetryStaleTrial`).
 """
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ import random
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, TypeVar
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
@@ -24,8 +28,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 JOURNAL_NAME = "study.journal"
 JOURNAL_SUFFIXES = (".journal", ".log")
-HEARTBEAT_S = 10.0
-GRACE_S = 120.0  # a trial of another host with no heartbeat for this long is stale
+HEARTBEAT_S = 10  # seconds between heartbeats of a running trial
+GRACE_S = 120  # a trial of another host with no heartbeat for this long is stale
+MAX_RETRY = 3  # a trial whose worker died is queued again at most this often (a config that kills workers)
 
 
 def make_storage(storage: str | optuna.storages.BaseStorage | None, run_dir: str | Path | None) -> Any:
@@ -120,7 +125,13 @@ def _rdb(url: str, tries: int = 10) -> RDBStorage:
     # workers started together race to create the schema of a new database: retry
     for i in range(tries):
         try:
-            return RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+            with warnings.catch_warnings():  # Optuna calls its heartbeat arguments experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = RDBStorage(url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=HEARTBEAT_S,
+                                     grace_period=GRACE_S, heartbeat_stale_trial_callback=RetryStaleTrial(MAX_RETRY))
+            if url.startswith("sqlite"):
+                _serialize_sqlite(storage.engine)
+            return storage
         except Exception as e:
             if i == tries - 1:
                 from sqlalchemy.engine import make_url
@@ -133,8 +144,25 @@ def _rdb(url: str, tries: int = 10) -> RDBStorage:
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
-    # several processes writing one SQLite file: wait for the lock instead of failing
-    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    # several processes writing one SQLite file: wait for the lock instead of failing; Python's
+    # sqlite3 begins no transactions of its own (isolation_level None): _serialize_sqlite does
+    return {"connect_args": {"timeout": 60, "isolation_level": None}} if url.startswith("sqlite") else {}
+
+
+def _serialize_sqlite(engine: Any) -> None:
+    """Make every transaction on a SQLite file take the write lock at its start (``BEGIN IMMEDIATE``).
+
+    SQLite has no ``SELECT ... FOR UPDATE``, and Python's sqlite3 starts a transaction only at
+    the first write, so Optuna's read-then-write updates are not atomic between processes: two
+    workers could both take the same WAITING trial (both then run it, and the second ``tell``
+    fails with "Cannot tell a COMPLETE trial"). With the lock taken first they are serialized,
+    as on PostgreSQL or MySQL.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def default_study_name(label: str, objectives: tuple[str, ...] | list[str], budgets: dict[str, float], space_json: str,
@@ -157,17 +185,17 @@ def worker_id() -> str:
 
 
 def is_stale(trial: FrozenTrial, now: float | None = None) -> bool:
-    """True for a RUNNING trial whose worker is gone (dead pid here, or heartbeat too old)."""
+    """True for a RUNNING trial whose worker is gone (dead pid here, or no heartbeat for ``GRACE_S``)."""
     if trial.state != TrialState.RUNNING:
         return False
     worker = trial.user_attrs.get("osf_worker")
+    if worker is not None:
+        host, _, pid = worker.rpartition(":")
+        if host == socket.gethostname():
+            return not _pid_alive(int(pid))
     beat = trial.user_attrs.get("osf_heartbeat")
-    if worker is None:  # created but not yet tagged: judge by its start time
-        start = trial.datetime_start.timestamp() if trial.datetime_start else None
-        return start is not None and (now or time.time()) - start > GRACE_S
-    host, _, pid = worker.rpartition(":")
-    if host == socket.gethostname():
-        return not _pid_alive(int(pid))
+    if beat is None:  # not tagged yet, or no refresh yet: judge by its start time
+        beat = trial.datetime_start.timestamp() if trial.datetime_start else None
     return beat is not None and (now or time.time()) - float(beat) > GRACE_S
 
 
@@ -181,17 +209,103 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """Mark RUNNING trials of dead workers as FAIL; return their numbers."""
+def fail_stale_trials(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[int]:
+    """Mark RUNNING trials of dead workers as FAIL; return their numbers.
+
+    ``trials``: a fresh read of the study's trials to judge (default: read them here). Where the
+    storage has a stale-trial callback (an RDB storage: :class:`RetryStaleTrial`), each trial
+    failed here is passed to it, as Optuna's heartbeat does; a trial failed by another worker
+    meanwhile is skipped, so it is retried once.
+    """
+    storage = study._storage
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     failed = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in trials:
         if is_stale(t):
             try:
-                if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                    failed.append(t.number)
+                if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                    failed.append(t)
             except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
                 pass  # finished meanwhile
-    return failed
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    if callback is not None:
+        for t in failed:
+            callback(study, storage.get_trial(t._trial_id))
+    return [t.number for t in failed]
+
+
+class RetryStaleTrial:
+    """Queues a trial whose worker died again: a WAITING trial with the same parameters.
+
+    Unlike Optuna's ``RetryHeartbeatStaleTrialCallback`` the dead worker's user attributes
+    (its worker tag, heartbeat, config claim) are not copied, so the new trial starts clean.
+    The system attributes ``failed_trial`` (the first trial) and ``retry_history`` are the same
+    as Optuna's. A trial is retried at most ``max_retry`` times.
+    """
+
+    def __init__(self, max_retry: int = MAX_RETRY):
+        self.max_retry = max_retry
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        if len(history) > self.max_retry:
+            return
+        system_attrs = {**trial.system_attrs, "failed_trial": history[0], "retry_history": history}
+        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,
+                                                  distributions=trial.distributions, system_attrs=system_attrs))
+
+
+CLAIM = "osf_claim"  # user attr of a running trial: its ticket for the config (user attr "config") it scores
+T = TypeVar("T")
+
+
+def next_ticket(trials: Iterable[FrozenTrial]) -> int:
+    """A new ticket: 1 + the largest claimed. Read the trials after this trial became RUNNING."""
+    return 1 + max((t.user_attrs.get(CLAIM, 0) for t in trials), default=0)
+
+
+def claim_config(trial: optuna.Trial, key: str, ticket: int) -> None:
+    """Record that ``trial`` scores config ``key`` with ``ticket`` (ends its "choosing")."""
+    trial.set_user_attr("config", key)
+    trial.set_user_attr(CLAIM, ticket)  # second: a claim always names its config
+
+
+def await_config_turn(study: optuna.Study, number: int, key: str, ticket: int,
+                      lookup: Callable[[list[FrozenTrial]], T | None], timeout: float) -> T | None:
+    """Wait until trial ``number`` may score config ``key``, or its values are stored.
+
+    Mutual exclusion per config by Lamport's bakery algorithm over the shared storage, so
+    two workers never score one config at once and there is no window between check and
+    claim. A trial takes a ticket (:func:`next_ticket`), claims its config
+    (:func:`claim_config`), then waits while another live RUNNING trial has not claimed yet
+    ("choosing": its config could be this one) or claims the same config with a smaller
+    ``(ticket, number)``. The smallest live claimant scores; the others get its values once
+    it completes, or take over if its worker dies (:func:`is_stale`).
+
+    ``lookup(trials)`` finds the stored values of ``key`` in a read of the COMPLETE and
+    RUNNING trials. Returns them, or ``None``: this trial scores ``key`` (also after
+    ``timeout`` seconds of waiting).
+    """
+    me = (ticket, number)
+    deadline = time.time() + timeout
+    while True:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        found = lookup(trials)
+        if found is not None:
+            return found
+        ahead = choosing = False
+        for t in trials:
+            if t.state != TrialState.RUNNING or t.number == number or is_stale(t):
+                continue
+            claim = t.user_attrs.get(CLAIM)
+            if claim is None:
+                choosing = True
+            elif t.user_attrs.get("config") == key and (claim, t.number) < me:
+                ahead = True
+        if not (ahead or choosing) or time.time() > deadline:
+            return None
+        time.sleep(0.2 if ahead else 0.05)
 
 
 class Heartbeat:
@@ -203,8 +317,7 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> "Heartbeat":
-        self.trial.set_user_attr("osf_worker", worker_id())
-        self.trial.set_user_attr("osf_heartbeat", time.time())
+        self.trial.set_user_attr("osf_worker", worker_id())  # until the first refresh, the start time is the beat
         self._thread.start()
         return self
 

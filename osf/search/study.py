@@ -24,7 +24,9 @@ from osf.search.objectives import (
 from osf.search.protocol import Evaluator, SupernetLike, as_evaluator
 from osf.search.result import SearchResult
 from osf.search.samplers import make_sampler
-from osf.search.storage import Heartbeat, default_study_name, fail_stale_trials, is_stale, make_storage
+from osf.search.storage import (
+    Heartbeat, await_config_turn, claim_config, default_study_name, fail_stale_trials, is_stale, make_storage, next_ticket,
+)
 
 METRICS = ("score", "params", "macs", "latency")
 IN_FLIGHT_WAIT_S = 600.0  # longest wait for another worker scoring the same config, then score it here
@@ -256,16 +258,17 @@ class _Objective:
 
     def _trial(self, trial: optuna.Trial) -> tuple[float, ...]:
         with Heartbeat(trial):
-            self._admit(trial)
+            ticket = self._admit(trial)
             params = {n: trial.suggest_categorical(n, c) for n, c in self.space.parameters().items()}
             cfg = self.space.canonical(self.space.to_config(params))
             key = config_key(cfg)
-            trial.set_user_attr("config", key)
-            metrics = self._cached_or_in_flight(trial, key)
+            claim_config(trial, key, ticket)
+            # scored once per study: wait for another worker scoring this config, or reuse its values
+            metrics = await_config_turn(trial.study, trial.number, key, ticket, lambda ts: self._cached(ts, key),
+                                        IN_FLIGHT_WAIT_S)
             if metrics is not None:
                 trial.set_user_attr("cached_from", metrics.pop("_from"))
             else:
-                trial.set_user_attr("osf_measuring", True)
                 metrics = self._measure(cfg, key)
             for k, v in metrics.items():
                 trial.set_user_attr(k, v)
@@ -274,37 +277,27 @@ class _Objective:
             score = metrics.get("score")
             return tuple((float("-inf") if score is None else score) if o == "score" else metrics[o] for o in self.objectives)
 
-    def _admit(self, trial: optuna.Trial) -> None:
-        """Prune the trial when N trials are already complete or running (exact N total)."""
+    def _admit(self, trial: optuna.Trial) -> int:
+        """Prune the trial when N trials are already complete or running (exact N total); else
+        return its ticket for :func:`await_config_turn`. Fails the trials of dead workers."""
         study = trial.study
-        others = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-        ahead = [t for t in others if t.number < trial.number and (t.state == TrialState.COMPLETE or not is_stale(t))]
+        live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        stale = [t for t in live if is_stale(t)]
+        if stale:
+            fail_stale_trials(study, stale)
+        gone = {t.number for t in stale}
+        ahead = [t for t in live if t.number < trial.number and t.number not in gone]
         if len(ahead) < self.n_trials:
-            return
+            return next_ticket(live)  # read after this trial became RUNNING, as a ticket must be
         if sum(t.state == TrialState.COMPLETE for t in ahead) >= self.n_trials:
             study.stop()
         else:
             time.sleep(1.0)  # others are finishing the last trials; one of them may fail
         raise optuna.TrialPruned("the study already has its trials")
 
-    def _cached_or_in_flight(self, trial: optuna.Trial, key: str) -> dict[str, Any] | None:
-        """The stored values of ``key``; while another live trial is scoring it (an earlier one,
-        or one already measuring), wait for its values. None: this trial measures."""
-        deadline = time.time() + IN_FLIGHT_WAIT_S
-        while True:
-            cached = self._cached(trial.study, key)
-            if cached is not None:
-                return cached
-            scoring = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                       if t.number != trial.number and t.user_attrs.get("config") == key and not is_stale(t)
-                       and (t.number < trial.number or t.user_attrs.get("osf_measuring"))]
-            if not scoring or time.time() > deadline:
-                return None
-            time.sleep(0.2)
-
-    def _cached(self, study: optuna.Study, key: str) -> dict[str, Any] | None:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get("config") == key:
+    def _cached(self, trials: list[FrozenTrial], key: str) -> dict[str, Any] | None:
+        for t in trials:
+            if t.state == TrialState.COMPLETE and t.user_attrs.get("config") == key:
                 m = {k: t.user_attrs[k] for k in (*METRICS, "feasible", "violations") if k in t.user_attrs}
                 if all(c in m for c in self.costs):
                     m["_from"] = t.user_attrs.get("cached_from", t.number)
