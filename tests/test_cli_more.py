@@ -184,3 +184,30 @@ def test_build_options_that_need_the_model(cifar, tmp_path):
     osf.supernet(load_model("tiny-vit")).save_pretrained(ckpt)
     one_line_error(invoke("search", ckpt, "--task", "cifar10", "--data", cifar, "--trials", "1", "--out", tmp_path / "r3",
                           "--importance", "magnitude"), "supernet checkpoint", "--importance")
+    # a checkpoint is scored at its largest config: the original model's numbers
+    scored = [json.loads(ok(invoke("eval", m, "--task", "cifar10", "--data", cifar, "--json"))) for m in (ckpt, "tiny-vit")]
+    assert scored[0]["score"] == pytest.approx(scored[1]["score"]) and scored[0]["params"] == scored[1]["params"]
+    assert scored[0]["macs"] == scored[1]["macs"] > 0
+
+
+def test_best_per_budget_is_the_best_trial_within_each_budget():
+    """Known trials: the best score within each budget, the cheaper on a tie, none when nothing fits."""
+    import optuna
+
+    from osf.search.card import best_per_budget
+    from osf.search.result import SearchResult
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    rows = [(0.9, 1000, True), (0.5, 200, True), (0.7, 600, True), (0.7, 550, True), (0.95, 700, False), (0.6, 300, True)]
+    for i, (score, params, feasible) in enumerate(rows):
+        study.add_trial(optuna.trial.create_trial(values=[score, params], user_attrs={
+            "config": json.dumps({"w": i}), "score": score, "params": params, "feasible": feasible}))
+    result = SearchResult(study=study, space=None, objectives=("score", "params"), reference={"params": 1000.0})
+    got = {b["budget"]: b["trial"] for b in best_per_budget(result, {"max_params_frac": 0.65})}
+    # 0.65 and 0.75: trials 2 and 3 tie at 0.7, 3 is cheaper (4 scores more but is infeasible); 0.5: trial 5;
+    # 0.25: trial 1; 1.0: trial 0
+    assert got == {"max_params_frac=0.65": 3, "max_params_frac=0.25": 1, "max_params_frac=0.5": 5,
+                   "max_params_frac=0.75": 3, "max_params_frac=1": 0}
+    assert best_per_budget(SearchResult(study=study, space=None, objectives=("score", "params"),
+                                        reference={"params": 1000.0}), {"max_params": 100})[0] == \
+        {"budget": "max_params=100", "trial": None}

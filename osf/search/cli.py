@@ -114,7 +114,9 @@ def search_cmd(
              "data": str(data.resolve()) if data else None, "batch_size": batch_size, "num_fewshot": num_fewshot,
              "include_path": str(include_path.resolve()) if include_path else None,
              "tokenizer": tokenizer, "calibration": calibration, "space_overrides": overrides}
-    run_module.check_run_identity(run_dir, given)  # before the model is loaded: a changed option is refused at once
+    earlier = run_module.check_run_identity(run_dir, given)  # before the model is loaded: a changed option is refused at once
+    if earlier is not None:
+        _check_same_build(run_dir, earlier, given, supernet=False)
 
     import osf
     import osf.search as osf_search
@@ -313,15 +315,19 @@ def _refuse_build_options_for_checkpoint(model: str, build: dict[str, Any]) -> N
                          "to build a new supernet, or leave them out (--space still restricts its space)")
 
 
-def _check_same_build(run_dir: Path, old: dict[str, Any], spec: dict[str, Any]) -> None:
-    """Resuming with another tokenizer, calibration or build setting would mix scores of other subnets."""
-    then, now = run_module.supernet_config(old, run_dir), run_module.supernet_config(spec, run_dir)
-    changed = [f"the supernet's build settings ({_diff(then.to_dict(), now.to_dict())})"] if then != now else []
+def _check_same_build(run_dir: Path, old: dict[str, Any], spec: dict[str, Any], supernet: bool = True) -> None:
+    """Resuming with another tokenizer, calibration or build setting would mix scores of other subnets
+    (``supernet=False``: only what the options say, before the supernet is built)."""
+    changed = []
+    if supernet:
+        then, now = run_module.supernet_config(old, run_dir), run_module.supernet_config(spec, run_dir)
+        if then != now:
+            changed.append(f"the supernet's build settings ({_diff(then.to_dict(), now.to_dict())})")
     for key, opt in (("tokenizer", "--tokenizer"), ("calibration", "--calibration"), ("space_overrides", "--space")):
         if old.get(key) != spec.get(key):
             changed.append(f"{opt} ({_shown(old.get(key)) if old.get(key) is not None else '(not given)'} then, "
                            f"{_shown(spec.get(key)) if spec.get(key) is not None else '(not given)'} now)")
-    if not changed and old.get("supernet_sha256") and old["supernet_sha256"] != spec.get("supernet_sha256"):
+    if supernet and not changed and old.get("supernet_sha256") and old["supernet_sha256"] != spec.get("supernet_sha256"):
         changed.append("the order of the supernet's channels (checksum of its reordered weights)")
     if changed:
         raise ValueError(f"{str(run_dir)!r} holds another run: {'; '.join(changed)} changed since it was made. Scores "
