@@ -184,6 +184,15 @@ def test_build_options_that_need_the_model(cifar, tmp_path):
     osf.supernet(load_model("tiny-vit")).save_pretrained(ckpt)
     one_line_error(invoke("search", ckpt, "--task", "cifar10", "--data", cifar, "--trials", "1", "--out", tmp_path / "r3",
                           "--importance", "magnitude"), "supernet checkpoint", "--importance")
+    # --space restricts a checkpoint's restored space; extract restricts it the same way
+    run = tmp_path / "ckpt_run"
+    ok(invoke("search", ckpt, "--task", "cifar10", "--data", cifar, "--trials", "3", "--out", run,
+              "--space", '{"*:heads": [4, 1]}'))
+    dims = json.loads((run / "run.json").read_text())["space"]["dims"]
+    assert all(c == [4, 1] for d, c in dims.items() if d.endswith(":heads"))
+    ok(invoke("extract", run, "--trial", "1", "--out", tmp_path / "ckpt_sub"))
+    params = pd.read_csv(run / "trials.csv").set_index("number").loc[1, "params"]
+    assert sum(p.numel() for p in osf.load_subnet(tmp_path / "ckpt_sub").parameters()) == params
     # a checkpoint is scored at its largest config: the original model's numbers
     scored = [json.loads(ok(invoke("eval", m, "--task", "cifar10", "--data", cifar, "--json"))) for m in (ckpt, "tiny-vit")]
     assert scored[0]["score"] == pytest.approx(scored[1]["score"]) and scored[0]["params"] == scored[1]["params"]
