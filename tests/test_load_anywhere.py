@@ -39,6 +39,9 @@ for job in jobs:
         auto = getattr(transformers, job["auto"])
         kwargs = {"trust_remote_code": True} if job["trust"] else {}
         model = auto.from_pretrained(job["folder"], **kwargs).eval()
+        if job.get("resave"):  # save_pretrained of the loaded model, loaded again
+            model.save_pretrained(job["resave"])
+            model = auto.from_pretrained(job["resave"], **kwargs).eval()
         inputs = torch.load(job["inputs"], weights_only=True)
         with torch.no_grad():
             out = model(**inputs)
@@ -155,12 +158,13 @@ def loaded_without_osf(saved, clean_python, tmp_path_factory):
                          inputs=str(case["folder"].parent / f"{name}.inputs.pt"), output=case["output"],
                          out=str(root / f"{name}.out.pt")))
     jobs.append(dict(jobs[0], auto="AutoModel", output="last_hidden_state", out=str(root / "mamba-base.out.pt")))
+    jobs.append(dict(jobs[1], resave=str(root / "resaved"), out=str(root / "mamba-depth-resaved.out.pt")))
     (root / "jobs.json").write_text(json.dumps(jobs))
     (root / "loader.py").write_text(LOADER)
     run_clean(clean_python, [str(root / "loader.py"), str(root / "jobs.json"), str(root / "report.json")])
     report = json.loads((root / "report.json").read_text())
     outputs = [torch.load(j["out"], weights_only=True) if Path(j["out"]).is_file() else None for j in jobs]
-    return report, dict(zip([*saved, "mamba-base"], zip(report["results"], outputs)))
+    return report, dict(zip([*saved, "mamba-base", "mamba-depth-resaved"], zip(report["results"], outputs)))
 
 
 def loaded(loaded_without_osf, name: str) -> tuple[dict, torch.Tensor]:
@@ -196,6 +200,13 @@ def test_per_layer_subnet_loads_as_its_base_model(saved, loaded_without_osf):
     with torch.no_grad():
         expected = sub.eval().backbone(**saved["mamba"]["inputs"]).last_hidden_state
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_subnet_loaded_without_osf_saves_and_loads_again(saved, loaded_without_osf):
+    """save_pretrained of the remote-code model copies its code along: the new folder loads the same."""
+    result, got = loaded(loaded_without_osf, "mamba-depth-resaved")
+    assert result["module"].startswith("transformers_modules.")
+    torch.testing.assert_close(got, saved["mamba-depth"]["expected"], atol=1e-4, rtol=1e-4)
 
 
 def test_uniform_subnet_loads_with_plain_from_pretrained(saved, loaded_without_osf):

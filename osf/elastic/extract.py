@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from osf.elastic.importance import eval_mode
+from osf.elastic.portable import remove_blocks  # the very routine a saved folder (and load_subnet) rebuilds with
 from osf.elastic.validate import META_ATTR
-from osf.ir.apply import get_tensor, remove_blocks, renumber
+from osf.ir.apply import get_tensor, renumber
 from osf.space import Config
 
 if TYPE_CHECKING:

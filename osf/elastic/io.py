@@ -277,8 +277,9 @@ def _holds_only(other: type, original_config: dict[str, Any], reference: dict[st
 
 
 def _changed_fields(original: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
-    """The size fields (ints, lists; nested configs recursed) whose saved value differs from the
-    original's, with the original value: the original architecture is built at these first."""
+    """The size and layer fields (ints, lists of ints or of strings such as ``layer_types``;
+    nested configs recursed) whose saved value differs from the original's, with the original
+    value: the original architecture is built at these first."""
     out: dict[str, Any] = {}
     for key, value in original.items():
         if key in _SKIP_FIELDS or key not in saved:
@@ -288,6 +289,13 @@ def _changed_fields(original: dict[str, Any], saved: dict[str, Any]) -> dict[str
             nested = _changed_fields(value, now)
             if nested:
                 out[key] = nested
-        elif isinstance(value, (int, list)) and not isinstance(value, bool) and value != now:
+        elif _is_layout(value) and value != now:
             out[key] = value
     return out
+
+
+def _is_layout(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in value) or all(
+            isinstance(v, str) for v in value)
+    return isinstance(value, int) and not isinstance(value, bool)
