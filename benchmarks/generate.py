@@ -5,7 +5,7 @@ Mamba2 LM against its 75% and 50% subnets (by parameters), depth-only, width-onl
 
 Models: random-init ``MambaForCausalLM`` (mamba-130m-sized: hidden 768, 24 layers, state 16, expand 2,
 vocab 50280) and ``Mamba2ForCausalLM`` (mamba2-130m-sized: hidden 768, 24 layers, 24 heads of 64, state
-128, 1 group, vocab 50288); speed does not depend on the weights. ``--quick``: tiny models, two repeats.
+128, 1 group, vocab 50288, tied embeddings as in mamba2-130m); speed does not depend on the weights. ``--quick``: tiny models, two repeats.
 
 Subnets: ``osf.supernet(model)`` (layers droppable down to a quarter of the stack), then for each budget
 f (share of the full model's parameters, embeddings included, as ``sn.num_params`` counts them) three
@@ -64,10 +64,10 @@ def mamba2(quick: bool) -> torch.nn.Module:
 
     if quick:
         cfg = Mamba2Config(vocab_size=512, hidden_size=64, num_hidden_layers=8, state_size=16, head_dim=16,
-                           num_heads=8, n_groups=1, expand=2, chunk_size=16)
+                           num_heads=8, n_groups=1, expand=2, chunk_size=16, tie_word_embeddings=True)
     else:
         cfg = Mamba2Config(vocab_size=50288, hidden_size=768, num_hidden_layers=24, state_size=128, head_dim=64,
-                           num_heads=24, n_groups=1, expand=2, chunk_size=256)
+                           num_heads=24, n_groups=1, expand=2, chunk_size=256, tie_word_embeddings=True)
     return Mamba2ForCausalLM(cfg)
 
 
