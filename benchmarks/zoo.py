@@ -97,7 +97,7 @@ def check(name: str) -> dict:
         return rec
     rec["build_s"] = time.perf_counter() - t0
     rec["dims"] = {d: sn.ir.dims[d].kind for d in sn.space.dims}
-    rec["stacks"] = {s: len(b) for s, b in sn.space.stacks.items()}
+    rec["stacks"] = {g: len(b) for g, b in sn.ir.depth_groups.items()}  # one depth choice per kind of layer
     stage = "largest"
     try:
         with sn.use(sn.space.largest()):

@@ -169,6 +169,15 @@ def test_hybrid_stacks_offer_mamba_and_attention_dims():
     assert len(sn.space.stacks["layers"]) == 6  # Mamba, attention and MoE layers all droppable
 
 
+@pytest.mark.parametrize("name,groups", [
+    ("jamba", {"model.layers[mamba]": [0, 2], "model.layers[self_attn]": [1, 3]}),
+    ("user-hybrid", {"layers[mixer]": [0, 3], "layers[out+qkv]": [1, 4], "layers[moe]": [2, 5]}),
+    ("mamba", {"backbone.layers": [0, 1, 2, 3]})])
+def test_each_kind_of_layer_in_a_hybrid_stack_is_its_own_depth_choice(name, groups):
+    sn, _, _ = built(name)
+    assert {g: [b.index for b in blocks] for g, blocks in sn.ir.depth_groups.items()} == groups
+
+
 def test_a_multiplier_of_a_fused_projection_follows_its_layout():
     """user-mup's ``multiplier`` buffer scales [a | g] of ``proj``: it is a member of the same
     dim, at the same positions (sliced with the projection)."""
