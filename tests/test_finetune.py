@@ -149,7 +149,7 @@ def test_lora_lowers_held_out_loss_lm(lm_run):
     rows = lm_run["rows"]
     start, end = rows[0][1]["val/loss"], rows[-1][1]["val/loss"]
     assert rows[0][0] == 0 and rows[-1][0] == 20
-    assert end < 0.7 * start, (start, end)
+    assert end < 0.5 * start, (start, end)
 
 
 def test_only_adapters_train_and_merge_is_exact_lm(lm_run):
@@ -203,7 +203,7 @@ def test_lora_vit_trains_adapters_and_the_head(monkeypatch):
     rows = []
     merged = finetune(sub, data, steps=25, batch_size=16, lr=5e-3, lora_r=4, progress=False,
                       callback=lambda s, r: rows.append(r))
-    assert rows[-1]["val/loss"] < 0.8 * rows[0]["val/loss"], (rows[0], rows[-1])
+    assert rows[-1]["val/loss"] < 0.7 * rows[0]["val/loss"], (rows[0], rows[-1])
     assert rows[-1]["val/accuracy"] > rows[0]["val/accuracy"]
     record = spy.calls[0]
     check_only_adapters_trained(record, before, trained_whole=("classifier",))
