@@ -14,6 +14,8 @@ It serves, on ``127.0.0.1`` (no network), what huggingface_hub 2.x sends (see it
 - ``POST /lfs-verify``: 200 when the object was stored.
 - ``POST /api/models/{ns}/{name}/commit/{rev}``: the NDJSON commit (header, ``file`` with base64
   content, ``lfsFile`` naming a stored object, deletions); the repo's files are updated.
+- ``GET /api/models/{ns}/{name}[/revision/{rev}]``, ``GET /api/models/{ns}/{name}/tree/{rev}`` and
+  ``HEAD``/``GET /{ns}/{name}/resolve/{rev}/{path}``: what ``snapshot_download`` reads to fetch the repo back.
 
 Every request is recorded (method, path, query, JSON or NDJSON body, whether it carried the token).
 Requests without ``Authorization: Bearer <token>`` get 401; anything else gets 404, and is recorded, so
@@ -28,7 +30,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 
 @dataclass
@@ -141,7 +143,37 @@ class HubStandIn:
                 self._serve("PUT")
 
             def do_GET(self) -> None:  # noqa: N802
-                self._serve("GET")
+                if not self._download(head=False):
+                    self._serve("GET")
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                if not self._download(head=True):
+                    self._reply(404, {"error": "not found"})
+
+            def _download(self, head: bool) -> bool:
+                """``/{ns}/{name}/resolve/{rev}/{path}``: a file of the repo (what hf_hub_download reads)."""
+                url = urlparse(self.path)
+                parts = unquote(url.path).strip("/").split("/")
+                if len(parts) < 5 or parts[2] != "resolve":
+                    return False
+                repo_id, path = f"{parts[0]}/{parts[1]}", "/".join(parts[4:])
+                with hub._lock:
+                    hub.requests.append(Request("HEAD" if head else "GET", url.path, parse_qs(url.query),
+                                                self.headers.get("Authorization") == f"Bearer {hub.token}", b""))
+                    repo = hub.repos.get(repo_id)
+                    data = repo.files.get(path) if repo is not None else None
+                    sha = repo.commits[-1]["oid"] if repo is not None and repo.commits else None
+                if data is None:
+                    self._reply(404, {"error": f"{path} not found in {repo_id}"})
+                    return True
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", sha or "0" * 40)
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(data)
+                return True
 
         return Handler
 
@@ -183,6 +215,17 @@ class HubStandIn:
         if method == "POST" and path == "/lfs-verify":
             ok = body.get("oid") in self.lfs and len(self.lfs[body["oid"]]) == body.get("size")
             return (200, {}) if ok else (404, {"error": "object not uploaded"})
+        if method == "GET" and len(parts) >= 4 and parts[:2] == ["api", "models"]:  # repo_info (snapshot_download)
+            repo_id = f"{parts[2]}/{parts[3]}"
+            repo = self.repos.get(repo_id)
+            if repo is None:
+                return 404, {"error": f"Repository {repo_id} not found"}
+            sha = repo.commits[-1]["oid"] if repo.commits else "0" * 40
+            if len(parts) >= 6 and parts[4] == "tree":  # list_repo_tree: every file (recursive), one page
+                return 200, [{"type": "file", "path": f, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                             for f, b in sorted(repo.files.items())]
+            return 200, {"id": repo_id, "modelId": repo_id, "sha": sha, "private": bool(repo.private),
+                         "siblings": [{"rfilename": f} for f in sorted(repo.files)]}
         return 404, {"error": f"the stand-in does not serve {method} {path}"}
 
     def _mode(self, path: str, size: int) -> str:

@@ -124,11 +124,25 @@ def test_push_search_run_uploads_exactly_the_dry_run_folder(searched_run, tmp_pa
         res = push_subprocess(searched_run, "alice/vit-small", hub, "--private", home=tmp_path / "home")
         assert res.returncode == 0, res.stderr[-3000:]
         assert f"{hub.url}/alice/vit-small" in res.stdout
-    [create] = hub.calls("POST", "/api/repos/create")
-    assert create.authorized and create.body["name"] == "vit-small" and create.body["organization"] == "alice"
-    assert create.body["visibility"] == "private" and hub.repos["alice/vit-small"].private is True
-    assert len(hub.repos["alice/vit-small"].commits) == 1
-    assert hub.repos["alice/vit-small"].files == staged
+        [create] = hub.calls("POST", "/api/repos/create")
+        assert create.authorized and create.body["name"] == "vit-small" and create.body["organization"] == "alice"
+        assert create.body["visibility"] == "private" and hub.repos["alice/vit-small"].private is True
+        assert len(hub.repos["alice/vit-small"].commits) == 1
+        assert hub.repos["alice/vit-small"].files == staged
+        # the card's own loading code, run as written, fetches the repo back and loads the subnet
+        code = body.split("## How to load", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+        assert "snapshot_download('alice/vit-small')" in code
+        check = "\nfrom osf.search.run import weights_checksum\nprint(weights_checksum(model))\n"
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "home2"),
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1", "OMP_NUM_THREADS": "1"}
+        env.pop("HF_HUB_OFFLINE", None)
+        res = subprocess.run([sys.executable, "-c", code + check], env=env, capture_output=True, text=True, cwd=ROOT,
+                             timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+    import osf
+    from osf.search.run import weights_checksum
+
+    assert res.stdout.split()[-1] == weights_checksum(osf.load_subnet(sub))
 
 
 def test_push_supernet_checkpoint_through_lfs(supernet_ckpt, tmp_path):

@@ -192,7 +192,7 @@ def _subnet_card(folder: Path, repo_id: str | None) -> str:
              "Formation) from its weight-sharing supernet: a real, smaller model with its own weights.", ""]
     if record:
         lines += _record_summary(record)
-    lines += ["## How to load", "", _how_to_load(loads, repo_id or str(folder), cls, remote_code), ""]
+    lines += ["## How to load", "", _how_to_load(loads, repo_id, folder, cls, remote_code), ""]
     n_params = stored_parameters(folder)
     lines += ["## Config", ""]
     if n_params:
@@ -221,13 +221,14 @@ def _supernet_card(folder: Path, repo_id: str | None) -> str:
     stacks = space.get("stacks") or {}
     min_depth = space.get("min_depth") or {}
     build = meta.get("supernet_config") or {}
-    lines = [f"# {name}", "", f"A weight-sharing supernet of {f'`{base}`' if base else 'a ' + cls} ({cls}) saved by "
+    lines = [f"# {name}", "", f"A weight-sharing supernet of {f'`{base}` ({cls})' if base else 'a ' + cls} saved by "
              "OSF (Optimized Supernet Formation): the full model's weights in importance order, "
              "so every subnet is a prefix of every dim, with its search space.", "",
-             "## How to load", "", "```python", "import osf", "",
-             f"sn = osf.load_supernet({_path_hint(repo_id, folder)!r})  # restores it exactly, no importance pass",
+             "## How to load", "", "```python", *_local_folder(repo_id, folder),
+             "sn = osf.load_supernet(folder)  # restores it exactly, no importance pass",
              "sub = sn.extract(sn.space.smallest())  # a real, smaller model", "```", "",
-             "Search it with `osf search FOLDER --task ...` (the folder as MODEL).", "",
+             "Search it with `osf search FOLDER --task ...` (the downloaded folder as MODEL)."
+             + (f" Download it with `hf download {repo_id} --local-dir FOLDER`." if repo_id else ""), "",
              f"Parameters of the full model: {stored_parameters(folder):,}.", "",
              "## Build config", "", "| field | value |", "|---|---|"]
     lines += [f"| {k} | `{json.dumps(v)}` |" for k, v in build.items()]
@@ -323,8 +324,9 @@ def stored_parameters(folder: Path) -> int:
     return total
 
 
-def _how_to_load(loads: bool | None, where: str, cls: str, remote_code: bool) -> str:
-    code = f"```python\nimport osf\n\nmodel = osf.load_subnet({where!r})\n```"
+def _how_to_load(loads: bool | None, repo_id: str | None, folder: Path, cls: str, remote_code: bool) -> str:
+    where = repo_id or str(folder)
+    code = "```python\n" + "\n".join([*_local_folder(repo_id, folder), "model = osf.load_subnet(folder)"]) + "\n```"
     if loads:
         return ("Its `config.json` describes the subnet, so it loads with plain `from_pretrained` "
                 f"(`transformers.{cls}.from_pretrained({where!r})`) as well as with OSF:\n\n{code}")
@@ -336,6 +338,14 @@ def _how_to_load(loads: bool | None, where: str, cls: str, remote_code: bool) ->
         return f"Load it with OSF:\n\n{code}"
     return ("Plain `from_pretrained` does **not** load it (its per-layer sizes are more than `config.json` can say); "
             f"load it with OSF:\n\n{code}")
+
+
+def _local_folder(repo_id: str | None, folder: Path) -> list[str]:
+    """Python lines binding ``folder`` to a local copy (OSF's loaders read local folders)."""
+    if repo_id:
+        return ["from huggingface_hub import snapshot_download", "import osf", "",
+                f"folder = snapshot_download({repo_id!r})"]
+    return ["import osf", "", f"folder = {str(folder)!r}"]
 
 
 def _eval_results(record: Mapping[str, Any], pipeline: str | None) -> list[Any] | None:
@@ -388,10 +398,6 @@ def _hub_id(name: Any) -> str | None:
 
 def _name(repo_id: str | None, folder: Path) -> str:
     return repo_id.rpartition("/")[2] if repo_id else folder.resolve().name
-
-
-def _path_hint(repo_id: str | None, folder: Path) -> str:
-    return repo_id if repo_id else str(folder)
 
 
 def _join(metadata: str, lines: list[str]) -> str:
