@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from osf.modes import eval_mode
-from osf.space import Config
+from osf.space import Config, config_key
 from osf.search.protocol import Evaluator, SupernetLike
 
 OBJECTIVES = ("score", "params", "macs", "latency")
@@ -167,30 +167,49 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def measure_latency_ms(model: torch.nn.Module, inputs: Any, warmup: int = 2, repeats: int = 7) -> float:
-    """Median wall time (ms) of one forward pass on the model's own device."""
+def measure_latency_ms(model: torch.nn.Module, inputs: Any, warmup: int = 2, repeats: int = 7,
+                       clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median wall time (ms) of one forward pass on the model's own device.
+
+    ``inputs`` (a tensor, or a dict/tuple/list of them) are moved to the device of the
+    model's parameters first. ``warmup`` forwards run untimed (kernel selection, caches,
+    lazy allocation), then ``repeats`` timed ones; on CUDA each is bracketed by
+    ``torch.cuda.synchronize`` so the time covers the kernels, not their launch. ``clock``
+    returns seconds (``time.perf_counter``).
+    """
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an integer >= 0 (untimed forwards), got {warmup!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1 (timed forwards), got {repeats!r}")
     device = model_device(model)
     inputs = _to_device(inputs, device)
-    sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync: Callable[[], None] = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     times = []
     with torch.inference_mode(), eval_mode(model):
         for i in range(warmup + repeats):
             sync()
-            t0 = time.perf_counter()
+            t0 = clock()
             _call(model, inputs)
             sync()
             if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1e3)
+                times.append((clock() - t0) * 1e3)
     return float(statistics.median(times))
 
 
 class CostMeter:
-    """Computes the costs of configs of one supernet (params exact, MACs, latency)."""
+    """Computes the costs of configs of one supernet (params exact, MACs, latency), each once.
+
+    A cost of a config is computed the first time it is asked for and remembered: the
+    search asks for the largest config's costs (the reference) and again in its trial, and
+    :meth:`remember` takes costs already stored in a study, so a resumed search measures
+    no config's latency twice.
+    """
 
     def __init__(self, sn: SupernetLike, evaluator: Evaluator | None, example_inputs: Any = None):
         self.sn = sn
         self._inputs = example_inputs
         self._evaluator = evaluator
+        self._known: dict[tuple[str, str], float] = {}
 
     def inputs(self) -> Any:
         if self._inputs is None:
@@ -203,16 +222,29 @@ class CostMeter:
             )
         return self._inputs
 
+    def remember(self, cfg: Config | str, costs: Mapping[str, Any]) -> None:
+        """Take the costs of ``cfg`` (a config or its ``config_key``) measured before; other keys are ignored."""
+        key = cfg if isinstance(cfg, str) else config_key(cfg)
+        for name, value in costs.items():
+            if name in COSTS and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._known[(name, key)] = float(value)
+
     def cost(self, name: str, cfg: Config) -> float:
+        if name not in COSTS:
+            raise ValueError(f"unknown cost {name!r}; choose from {list(COSTS)}")
+        key = (name, config_key(cfg))
+        if key not in self._known:
+            self._known[key] = self._compute(name, cfg)
+        return self._known[key]
+
+    def _compute(self, name: str, cfg: Config) -> float:
         if name == "params":
             return float(self.sn.num_params(cfg))
         if name == "macs":
             return float(self.sn.macs(cfg, inputs=self.inputs()))
-        if name == "latency":
-            inputs = self.inputs()
-            with self.sn.use(cfg):
-                return measure_latency_ms(self.sn.model, inputs)
-        raise ValueError(f"unknown cost {name!r}; choose from {list(COSTS)}")
+        inputs = self.inputs()
+        with self.sn.use(cfg):
+            return measure_latency_ms(self.sn.model, inputs)
 
     def costs(self, names: tuple[str, ...] | list[str], cfg: Config) -> dict[str, float]:
         return {n: self.cost(n, cfg) for n in names}

@@ -151,6 +151,10 @@ def _run(sn, evaluator, space, meter, objectives, budgets, costs, n_trials, samp
         raise ValueError(f"study {name!r} exists with other objectives; use another study_name or run_dir")
 
     reference = study.user_attrs.get("osf_reference") or {}
+    meter.remember(space.largest(), reference)  # costs measured before (a resumed study): not again
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "config" in t.user_attrs:
+            meter.remember(t.user_attrs["config"], t.user_attrs)
     missing = [c for c in costs if c not in reference]
     if missing:
         reference.update(meter.costs(missing, space.largest()))
