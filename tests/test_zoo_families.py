@@ -2,7 +2,8 @@
 
 Each family the analysis used to break on (fused-expert MoE, Mamba/attention/MoE hybrids, a
 per-channel multiplier of a fused projection, ALiBi's ``baddbmm``, channels-last ConvNeXt
-blocks, unfold/fold conv-transformer hybrids, Python math on tensors, layers whose parent
+blocks, unfold/fold conv-transformer hybrids, Python math on tensors, mask-unit attention with
+unroll/reroll and a branch on two sizes, layers whose parent
 reads their attributes, an attribute that sizes the input) and the encoder-decoder, speech
 and two-tower families is run here as a tiny Hugging Face model built from its config *and*
 as a differently written user model, through the oracles of ``oracle_tools``: the largest
@@ -35,6 +36,7 @@ FAMILY_PAIRS = {
     "convnext": ("convnext", "user-convnext"),
     "unfold-fold-hybrid": ("mobilevit", "user-mobilevit"),
     "python-math-buckets": ("t5", "user-relpos"),
+    "mask-unit-attention": ("hiera", "user-hiera"),
     "parent-reads-layer-attribute": ("modernbert", "user-typed-layers"),
     "input-sizing-attribute": ("focalnet", "user-input-check"),
     "encoder-decoder": ("whisper", "user-seq2seq"),

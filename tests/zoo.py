@@ -528,6 +528,48 @@ class RelPosLM(nn.Module):
         return self.head(x)
 
 
+class MaskUnitLayer(nn.Module):
+    """A user's Hiera-like layer: attention inside mask units (tokens regrouped by a reshape and
+    permute), query max-pooling through ``.max(dim=1).values`` when it widens the stream, and a
+    branch on ``self.dim != self.dim_out``."""
+
+    def __init__(self, dim: int, dim_out: int, heads: int, unit: int, pool: int):
+        super().__init__()
+        self.dim, self.dim_out, self.heads, self.unit, self.pool = dim, dim_out, heads, unit, pool
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim_out)
+        self.out = nn.Linear(dim_out, dim_out)
+        if dim != dim_out:
+            self.proj = nn.Linear(dim, dim_out)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        h = self.norm(x)
+        if self.dim != self.dim_out:
+            x = self.proj(h).view(b, self.pool, -1, self.dim_out).max(dim=1).values
+        units = n // self.unit
+        qkv = self.qkv(h).reshape(b, self.unit, units, 3, self.heads, -1).permute(3, 0, 4, 2, 1, 5)
+        q, k, v = qkv.unbind(0)
+        if self.dim != self.dim_out:
+            q = q.view(b, self.heads, units, self.pool, -1, q.shape[-1]).max(dim=3).values
+        y = F.scaled_dot_product_attention(q, k, v)  # (b, heads, units, tokens per unit, head_dim)
+        y = y.permute(0, 3, 2, 1, 4).reshape(b, -1, self.dim_out)
+        return x + self.out(y)
+
+
+class TinyHiera(nn.Module):
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.embed = nn.Conv2d(3, c, 2, 2)
+        self.layers = nn.Sequential(MaskUnitLayer(c, c, 2, 4, 2), MaskUnitLayer(c, c, 2, 4, 2),
+                                    MaskUnitLayer(c, 2 * c, 2, 4, 2))
+        self.head = nn.Linear(2 * c, 5)
+
+    def forward(self, img):
+        x = self.embed(img).flatten(2).transpose(1, 2)
+        return self.head(self.layers(x).mean(1))
+
+
 def _user(cls, inputs):
     return lambda: (cls().eval(), inputs())
 
@@ -656,6 +698,7 @@ FAMILIES: dict[str, tuple[str, object]] = {
         "HieraForImageClassification", "HieraConfig", embed_dim=16, image_size=[64, 64], patch_size=[7, 7],
         patch_stride=[4, 4], patch_padding=[3, 3], depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
         masked_unit_size=[8, 8], num_query_pool=2, num_labels=5, size=64)),
+    "user-hiera": ("mask-unit attention (unroll/reroll)", _user(TinyHiera, lambda: _img(size=16))),
     "segformer": ("hierarchical ViT (efficient attention)", _vision(
         "SegformerForImageClassification", "SegformerConfig", num_encoder_blocks=2, depths=[1, 1],
         sr_ratios=[2, 1], hidden_sizes=[16, 32], num_attention_heads=[1, 2], patch_sizes=[7, 3], strides=[4, 2],
