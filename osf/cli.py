@@ -70,8 +70,10 @@ def push_cmd(
                                            "default a temporary one)."),
     message: Optional[str] = typer.Option(None, "--message", help="Commit title (default: Upload <kind> with OSF)."),
 ) -> None:
-    """Upload a subnet or supernet checkpoint to the Hugging Face Hub, with a model card (token: HF_TOKEN or
-    `hf auth login`)."""
+    """Upload a subnet or supernet checkpoint to the Hugging Face Hub, with a model card.
+
+    The token comes from HF_TOKEN or `hf auth login`; --dry-run needs none.
+    """
     from osf.hub import PushError, folder_files, push
 
     try:

@@ -436,9 +436,6 @@ def extract_cmd(
     import optuna
 
     import osf
-    from osf.search.result import SearchResult
-    from osf.search.storage import make_storage
-    from osf.space import SearchSpace
 
     study = _load_study(run_dir, spec)
     build_config = run_module.supernet_config(spec, run_dir)  # before the model is loaded: a bad run.json fails at once
@@ -474,8 +471,7 @@ def extract_cmd(
         raise ValueError(f"the supernet rebuilt from {spec['model']!r} orders its channels differently from the one "
                          f"searched in {str(run_dir)!r} (checksum of the reordered weights differs), so the trials' "
                          "configs would pick other weights; extract with the osf version and data the search used")
-    result = SearchResult(study=study, space=SearchSpace.from_json(json.dumps(spec["space"])),
-                          objectives=tuple(spec["objectives"]), reference=study.user_attrs.get("osf_reference", {}))
+    result = run_result(spec, study)
     if best:
         row = result.best(**budgets)
         number = int(row["number"])
@@ -559,23 +555,14 @@ def show_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the Pareto front and the best trial per budget as JSON."),
 ) -> None:
     """Show a search run: its Pareto front and the best trial per budget."""
-    from osf.search.card import best_per_budget
-    from osf.search.objectives import BUDGETS, resolve_budgets
-    from osf.search.card import plain_value
-    from osf.search.result import SearchResult
-    from osf.space import SearchSpace
+    from osf.search.card import best_per_budget, plain_value
+    from osf.search.objectives import BUDGETS
 
     spec = read_run(run_dir)
     study = _load_study(run_dir, spec)
     reference = study.user_attrs.get("osf_reference", {})
-    budgets = {a: spec[a] for a in BUDGETS if spec.get(a) is not None}
-    try:
-        limits = resolve_budgets(budgets, reference)
-    except (KeyError, ValueError):
-        limits = {}
-    result = SearchResult(study=study, space=SearchSpace.from_json(json.dumps(spec["space"])),
-                          objectives=tuple(spec["objectives"]), limits=limits, reference=reference)
-    best = best_per_budget(result, budgets)
+    result = run_result(spec, study)
+    best = best_per_budget(result, {a: spec[a] for a in BUDGETS if spec.get(a) is not None})
     if as_json:
         front = [{k: plain_value(v) for k, v in r.items() if k != "config"} | {"config": json.loads(r["config"])}
                  for r in result.pareto.to_dict("records")]
@@ -590,6 +577,21 @@ def show_cmd(
     typer.echo(result.table())
     typer.echo("\nBest per budget:")
     typer.echo(_budget_table(best))
+
+
+def run_result(spec: dict[str, Any], study: Any) -> Any:
+    """The :class:`osf.search.result.SearchResult` of a run folder's study, with its budgets as limits."""
+    from osf.search.objectives import BUDGETS, resolve_budgets
+    from osf.search.result import SearchResult
+    from osf.space import SearchSpace
+
+    reference = study.user_attrs.get("osf_reference", {})
+    try:
+        limits = resolve_budgets({a: spec[a] for a in BUDGETS if spec.get(a) is not None}, reference)
+    except (KeyError, ValueError):  # a fraction of a cost the search did not measure: no line on the plot
+        limits = {}
+    return SearchResult(study=study, space=SearchSpace.from_json(json.dumps(spec["space"])),
+                        objectives=tuple(spec["objectives"]), limits=limits, reference=reference)
 
 
 def _budget_table(best: list[dict[str, Any]]) -> str:
