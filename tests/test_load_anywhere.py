@@ -112,6 +112,7 @@ def saved(tmp_path_factory):
     g = torch.Generator().manual_seed(0)
     # a smaller head_dim keeps the full attention scale: no config can express that subnet
     mamba, vit = _supernet("tiny-mamba"), _supernet("tiny-vit", space={"*head_dim": [16, 8]})
+    swin, clip = _supernet("tiny-swinv2"), _supernet("tiny-clip")
     ids = {"input_ids": torch.randint(0, 256, (2, 9), generator=g)}
     pixels = {"pixel_values": torch.randn(2, 3, 32, 32, generator=g)}
     cases = {
@@ -131,6 +132,17 @@ def saved(tmp_path_factory):
         "vit-uniform": (vit, _config(vit, hidden=48, **{VIT_HEADS.format(i): 3 for i in range(4)},
                                      **{VIT_MLP.format(i): 64 for i in range(4)}, **{"vit.layers.3": False}),
                         "AutoModelForImageClassification", pixels, "logits"),
+        # stages of blocks (the config's depths list), per-block widths and heads, a block dropped
+        "swinv2": (swin, _config(swin, **{"swinv2.encoder.layers.0.blocks.1:hidden": 64,
+                                          "swinv2.encoder.layers.1.blocks.0.attention.self:heads": 2,
+                                          "swinv2.encoder.layers.1:hidden": 48,
+                                          "swinv2.encoder.layers.1.blocks.1": False}),
+                   "AutoModelForImageClassification", pixels, "logits"),
+        # two towers (nested text and vision configs), one of them a layer shorter
+        "clip": (clip, _config(clip, **{"vision_model.encoder.layers.0.mlp:hidden": 64,
+                                        "text_model.encoder.layers.1.self_attn:heads": 2,
+                                        "text_model.encoder:hidden": 48, "text_model.encoder.layers.0": False}),
+                 "AutoModel", {**ids, **pixels}, "logits_per_image"),
     }
     out = {}
     for name, (sn, cfg, auto, inputs, output) in cases.items():
@@ -180,7 +192,7 @@ def test_the_loading_python_cannot_import_osf(loaded_without_osf):
     assert report["osf_modules"] == []
 
 
-@pytest.mark.parametrize("name", ["mamba", "mamba-depth", "vit"])
+@pytest.mark.parametrize("name", ["mamba", "mamba-depth", "vit", "swinv2", "clip"])
 def test_per_layer_subnet_loads_with_trust_remote_code_and_equals_the_supernet(saved, loaded_without_osf, name):
     case = saved[name]
     assert not case["expressed"]  # the Hugging Face config alone cannot rebuild it
@@ -222,7 +234,7 @@ def test_uniform_subnet_loads_with_plain_from_pretrained(saved, loaded_without_o
     torch.testing.assert_close(got, case["expected"], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["mamba", "mamba-depth", "vit", "vit-uniform"])
+@pytest.mark.parametrize("name", ["mamba", "mamba-depth", "vit", "vit-uniform", "swinv2", "clip"])
 def test_load_subnet_reads_the_same_folders(saved, name):
     """osf.load_subnet rebuilds with the same routine, and hands back a model of the plain class
     (no remote-code entries in its config), which saves and loads again."""
