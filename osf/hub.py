@@ -21,6 +21,8 @@ from osf.elastic.validate import SUBNET, SUPERNET, SavedKind, read_meta
 REPO_ID_RULE = ("namespace/name: your user or organisation name, '/', the repository name (letters, digits, '-', "
                 "'_', '.'; at most 96 characters), e.g. alice/mamba-130m-half")
 _SKIPPED = ("README.md",)  # written fresh: the card
+LINK_MIN_BYTES = 1 << 20  # files this large are hard-linked into the prepared folder; smaller ones are copied, so
+# editing one there (a config) never changes the source folder
 
 
 class PushError(RuntimeError):
@@ -143,8 +145,8 @@ def _checked(folder: Path, kind: SavedKind) -> Source:
 
 def prepare_folder(source: Source | str | Path, repo_id: str, out_dir: str | Path | None = None) -> Path:
     """The exact folder :func:`push` uploads: every file of the source folder (hidden files and
-    ``*.tmp`` left out, hard-linked where the file system allows, else copied) and the model card
-    ``README.md`` written for ``repo_id``."""
+    ``*.tmp`` left out; files of 1 MiB or more hard-linked where the file system allows, the rest
+    copied) and the model card ``README.md`` written for ``repo_id``."""
     from osf.search.card import write_card
 
     if not isinstance(source, Source):
@@ -157,10 +159,13 @@ def prepare_folder(source: Source | str | Path, repo_id: str, out_dir: str | Pat
                 continue
             target = staged / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(f, target)
-            except OSError:
-                shutil.copy2(f, target)
+            if f.stat().st_size >= LINK_MIN_BYTES:  # weights: linked, not copied (nobody edits them by hand)
+                try:
+                    os.link(f, target)
+                    continue
+                except OSError:  # another file system, or links not allowed
+                    pass
+            shutil.copy2(f, target)
         write_card(staged, repo_id)
     except BaseException:
         if out_dir is None:

@@ -229,3 +229,22 @@ def test_push_error_lines(searched_run, supernet_ckpt, tmp_path, monkeypatch):
     one_line_error(invoke("push", ok, "--repo-id", "a/b"), "no Hugging Face token", "HF_TOKEN")
     # nothing was left behind by the refused pushes
     assert not (tmp_path / "o").exists()
+
+
+def test_prepared_folder_links_only_large_files(supernet_ckpt, tmp_path):
+    """Weights are hard-linked (no copy of a large model), small files copied: editing the prepared
+    config.json leaves the source alone."""
+    import shutil
+
+    from osf.hub import LINK_MIN_BYTES, prepare_folder
+
+    src = tmp_path / "src"
+    shutil.copytree(supernet_ckpt, src)
+    (src / "big.bin").write_bytes(b"\1" * (LINK_MIN_BYTES + 1))
+    (src / ".hidden").write_text("x")
+    staged = prepare_folder(src, "a/b", tmp_path / "staged")
+    assert (staged / "big.bin").samefile(src / "big.bin") and not (staged / "config.json").samefile(src / "config.json")
+    assert not (staged / ".hidden").exists()
+    before = (src / "config.json").read_bytes()
+    (staged / "config.json").write_text("{}")
+    assert (src / "config.json").read_bytes() == before
