@@ -69,6 +69,8 @@ def push_cmd(
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where to prepare the upload (new or empty folder; "
                                            "default a temporary one)."),
     message: Optional[str] = typer.Option(None, "--message", help="Commit title (default: Upload <kind> with OSF)."),
+    keep_card: bool = typer.Option(False, "--keep-card", help="Upload the folder's own README.md unchanged (e.g. one "
+                                   "edited in a --dry-run folder) instead of writing the model card."),
 ) -> None:
     """Upload a subnet or supernet checkpoint to the Hugging Face Hub, with a model card.
 
@@ -77,7 +79,8 @@ def push_cmd(
     from osf.hub import PushError, folder_files, push
 
     try:
-        where = push(path, repo_id, private=private, dry_run=dry_run, commit_message=message, out_dir=out_dir)
+        where = push(path, repo_id, private=private, dry_run=dry_run, commit_message=message, out_dir=out_dir,
+                     keep_card=keep_card)
     except (ValueError, PushError) as e:
         fail(" ".join(str(e).split()))
     files = folder_files(where) if dry_run else []
@@ -88,7 +91,7 @@ def push_cmd(
         for name, size in files:
             typer.echo(f"  {name}  {size:,}")
         typer.echo(f"read {Path(where) / 'README.md'}, then push with: osf push {where} --repo-id {repo_id}"
-                   + (" --private" if private else ""))
+                   + (" --private" if private else "") + " (add --keep-card if you edit the README)")
     else:
         typer.echo(f"pushed {path} to {where}")
 

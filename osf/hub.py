@@ -38,7 +38,7 @@ class Source:
 
 
 def push(path: str | Path, repo_id: str, *, private: bool = False, dry_run: bool = False, token: str | None = None,
-         commit_message: str | None = None, out_dir: str | Path | None = None) -> str:
+         commit_message: str | None = None, out_dir: str | Path | None = None, keep_card: bool = False) -> str:
     """Upload a subnet, a supernet checkpoint, or the subnet extracted into a search run, with its model card.
 
     Args:
@@ -52,6 +52,8 @@ def push(path: str | Path, repo_id: str, *, private: bool = False, dry_run: bool
         commit_message: the commit's title (default: "Upload <kind> with OSF").
         out_dir: where to prepare the folder (must be empty or missing); default a temporary
             folder, kept for a dry run and removed after an upload.
+        keep_card: upload the folder's own ``README.md`` unchanged (e.g. one edited in a dry
+            run's folder) instead of writing the model card.
 
     Returns:
         The repository's URL, or for a dry run the prepared folder's path.
@@ -62,16 +64,18 @@ def push(path: str | Path, repo_id: str, *, private: bool = False, dry_run: bool
         PushError: the Hub refused the upload or could not be reached.
     """
     check_repo_id(repo_id)
-    for name, value in (("private", private), ("dry_run", dry_run)):
+    for name, value in (("private", private), ("dry_run", dry_run), ("keep_card", keep_card)):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
     if commit_message is not None and (not isinstance(commit_message, str) or not commit_message.strip()):
         raise ValueError(f"commit_message must be a non-empty string (or None for the default), got {commit_message!r}")
     source = find_source(path)
+    if keep_card:
+        check_own_card(source.folder)
     if not dry_run:
         _check_online()
         token = resolve_token(token)
-    staged = prepare_folder(source, repo_id, out_dir)
+    staged = prepare_folder(source, repo_id, out_dir, keep_card=keep_card)
     if dry_run:
         return str(staged)
     try:
@@ -143,10 +147,12 @@ def _checked(folder: Path, kind: SavedKind) -> Source:
     return Source(folder, kind)
 
 
-def prepare_folder(source: Source | str | Path, repo_id: str, out_dir: str | Path | None = None) -> Path:
+def prepare_folder(source: Source | str | Path, repo_id: str, out_dir: str | Path | None = None, *,
+                   keep_card: bool = False) -> Path:
     """The exact folder :func:`push` uploads: every file of the source folder (hidden files and
     ``*.tmp`` left out; files of 1 MiB or more hard-linked where the file system allows, the rest
-    copied) and the model card ``README.md`` written for ``repo_id``."""
+    copied) and the model card ``README.md`` written for ``repo_id`` (with ``keep_card``, the
+    folder's own ``README.md`` instead)."""
     from osf.search.card import write_card
 
     if not isinstance(source, Source):
@@ -155,7 +161,7 @@ def prepare_folder(source: Source | str | Path, repo_id: str, out_dir: str | Pat
     try:
         for f in _files(source.folder):
             rel = f.relative_to(source.folder)
-            if rel.as_posix() in _SKIPPED:
+            if rel.as_posix() in _SKIPPED and not keep_card:
                 continue
             target = staged / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -166,12 +172,28 @@ def prepare_folder(source: Source | str | Path, repo_id: str, out_dir: str | Pat
                 except OSError:  # another file system, or links not allowed
                     pass
             shutil.copy2(f, target)
-        write_card(staged, repo_id)
+        if not keep_card:
+            write_card(staged, repo_id)
     except BaseException:
         if out_dir is None:
             shutil.rmtree(staged, ignore_errors=True)
         raise
     return staged
+
+
+def check_own_card(folder: Path) -> None:
+    """``keep_card``: the folder must hold a ``README.md`` whose YAML metadata block parses."""
+    from osf.search.card import split_card
+
+    card = folder / "README.md"
+    if not card.is_file():
+        raise ValueError(f"--keep-card: {str(folder)!r} has no README.md to keep; leave --keep-card out to write the "
+                         "model card")
+    try:
+        split_card(card.read_text())
+    except Exception as e:  # yaml's errors, or a block without its closing line
+        raise ValueError(f"--keep-card: the metadata of {str(card)!r} is not valid YAML "
+                         f"({' '.join(str(e).split())[:200]}); fix it, or leave --keep-card out") from None
 
 
 def _files(folder: Path) -> list[Path]:

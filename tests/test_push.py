@@ -27,7 +27,7 @@ TOKEN = "hf_standin_write_token"
 
 
 def invoke(*args: str):
-    return runner.invoke(app, list(args))
+    return runner.invoke(app, [str(a) for a in args])
 
 
 def one_line_error(res, *needles: str) -> str:
@@ -44,7 +44,7 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 
 def dry_run(path: Path, repo_id: str, out: Path, *extra: str) -> dict[str, bytes]:
-    res = invoke("push", str(path), "--repo-id", repo_id, "--dry-run", "--out-dir", str(out), *extra)
+    res = invoke("push", str(path), "--repo-id", repo_id, "--dry-run", "--out-dir", str(out), *map(str, extra))
     assert res.exit_code == 0, res.output
     listed = {ln.split()[0]: int(ln.split()[1].replace(",", "")) for ln in res.output.splitlines() if ln.startswith("  ")}
     files = tree(out)
@@ -248,3 +248,16 @@ def test_prepared_folder_links_only_large_files(supernet_ckpt, tmp_path):
     before = (src / "config.json").read_bytes()
     (staged / "config.json").write_text("{}")
     assert (src / "config.json").read_bytes() == before
+
+
+def test_keep_card_uploads_an_edited_card(supernet_ckpt, tmp_path):
+    first = dry_run(supernet_ckpt, "a/b", tmp_path / "staged")
+    edited = first["README.md"] + b"\nA note added by hand.\n"
+    (tmp_path / "staged" / "README.md").write_bytes(edited)
+    assert dry_run(tmp_path / "staged", "a/b", tmp_path / "kept", "--keep-card")["README.md"] == edited
+    assert dry_run(tmp_path / "staged", "a/b", tmp_path / "fresh")["README.md"] == first["README.md"]  # written anew
+    (tmp_path / "staged" / "README.md").write_text("---\ntags: [osf\n---\n")
+    one_line_error(invoke("push", tmp_path / "staged", "--repo-id", "a/b", "--dry-run", "--keep-card"),
+                   "--keep-card", "not valid YAML")
+    (tmp_path / "staged" / "README.md").unlink()
+    one_line_error(invoke("push", tmp_path / "staged", "--repo-id", "a/b", "--dry-run", "--keep-card"), "no README.md")
