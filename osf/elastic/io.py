@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import inspect
 import json
 import warnings
 from pathlib import Path
@@ -194,7 +193,7 @@ def _write_portable_code(model: nn.Module, meta: dict[str, Any], path: Path) -> 
                                 "original": _changed_fields(meta["original_config"], saved),
                                 "shapes": meta["shapes"], "attributes": meta["attributes"],
                                 "dropped": meta["dropped"]}
-    (path / PORTABLE_FILE).write_text(inspect.getsource(portable))
+    (path / PORTABLE_FILE).write_text(Path(portable.__file__).read_text())  # verbatim: the code load_subnet runs
     (path / MODELING_FILE).write_text(_modeling_source(cls, sorted({c for c in classes.values()} | {cls},
                                                                    key=lambda c: c.__name__), auto_map))
     config_file.write_text(json.dumps(saved, indent=2, sort_keys=True, default=str) + "\n")
@@ -252,7 +251,8 @@ def _loadable_classes(model: nn.Module, original_config: dict[str, Any]) -> dict
 
 
 def _meta_shapes(cls: type, original_config: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
-    """The state-dict shapes of ``cls`` built from ``original_config`` on the meta device (None if it does not build)."""
+    """The state-dict shapes of ``cls`` built from ``original_config`` on the meta device
+    (None if it does not build)."""
     try:
         config = cls.config_class.from_dict(copy.deepcopy(original_config))
         with torch.device("meta"):
