@@ -423,13 +423,14 @@ def find_blocks(gm: fx.GraphModule, model: nn.Module) -> list[Block]:
 
 def _label_kinds(blocks: list[Block], model: nn.Module) -> list[Block]:
     """Set ``kind`` on the blocks of stacks that mix layers of different structure (parameter
-    names and shapes): the children names only that kind has (``mamba``, ``self_attn``), or a
-    number when no child name tells them apart."""
+    names; widths alone, as in the stages of a CNN, do not make another kind): the children
+    names only that kind has (``mamba``, ``self_attn``), or a number when no child name tells
+    them apart."""
     by_stack: dict[str, list[Block]] = {}
     for b in blocks:
         by_stack.setdefault(b.stack, []).append(b)
     for stack_blocks in by_stack.values():
-        sigs = {b.name: tuple(sorted((n, tuple(p.shape)) for n, p in model.get_submodule(b.name).named_parameters()))
+        sigs = {b.name: tuple(sorted(n for n, _ in model.get_submodule(b.name).named_parameters()))
                 for b in stack_blocks}
         kinds = list(dict.fromkeys(sigs.values()))
         if len(kinds) < 2:
