@@ -140,7 +140,7 @@ def test_tokenizer_option_for_a_model_without_one(tmp_path, tiny_lm, tokenizer, 
     task_dir, name = lastword_task
     args = ["--task", name, "--include-path", task_dir, "--limit", "3"]
     one_line_error(invoke("search", model_dir, *args, "--trials", "2", "--out", tmp_path / "r0"),
-                   "ships without a tokenizer", "--tokenizer")
+                   "needs a tokenizer", "ships without one", "--tokenizer")
     ok(invoke("search", model_dir, *args, "--trials", "2", "--tokenizer", tok_dir, "--out", tmp_path / "run"))
     assert json.loads((tmp_path / "run" / "run.json").read_text())["tokenizer"] == str(tok_dir)
     ok(invoke("extract", tmp_path / "run", "--trial", "0", "--out", tmp_path / "sub"))

@@ -125,12 +125,12 @@ def search_cmd(
     if tok is None:
         check_tokenizer_shipped(model, task)
     net, pre = run_module.load_model(model)
-    pre = tok if tok is not None else shipped_preprocessor(model, pre, task)
     loaded = net if isinstance(net, osf.Supernet) else None  # MODEL is a supernet checkpoint folder
     if loaded is not None:
         _refuse_build_options_for_checkpoint(model, {**build, "--calibration": calibration})
     plain = loaded.model if loaded is not None else net
     run_module.check_model_kind(task, plain, model)
+    pre = tok if tok is not None else shipped_preprocessor(model, pre, task)
     checksum = run_module.weights_checksum(net)
     net.to(device)
     evaluator = run_module.build_evaluator(task, pre, data=data, include_path=include_path, limit=limit, batch_size=batch_size,
@@ -262,12 +262,19 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "voc
 
 
 def check_tokenizer_shipped(model: str, task: str) -> None:
-    """Before loading: a model folder without tokenizer files cannot be scored on a text task unless
-    ``--tokenizer`` names one (transformers would build an empty tokenizer from its config alone)."""
+    """Before loading: the folder of a causal language model without tokenizer files cannot be scored on a
+    text task unless ``--tokenizer`` names one (transformers would build an empty tokenizer from its config)."""
     folder = Path(model)
-    if task not in run_module.IMAGE_TASKS and folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
-        raise ValueError(f"model {model!r} ships without a tokenizer, which task {task!r} needs: pass --tokenizer "
-                         "(a tokenizer folder or hub id)")
+    if task in run_module.IMAGE_TASKS or not folder.is_dir() or any((folder / f).is_file() for f in TOKENIZER_FILES):
+        return
+    try:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):  # no or odd config: the checks after loading decide
+        return
+    from osf.search.card import pipeline_tag
+
+    if any(pipeline_tag(str(a)) == "text-generation" for a in architectures):
+        raise ValueError(_no_tokenizer(model, task))
 
 
 def _empty_tokenizer(model: str, pre: Any) -> bool:
@@ -280,11 +287,18 @@ def _empty_tokenizer(model: str, pre: Any) -> bool:
 
 
 def shipped_preprocessor(model: str, pre: Any, task: str) -> Any:
-    """The tokenizer or processor the model came with; a built-in model has none, which a text task needs."""
-    if pre is None and task not in run_module.IMAGE_TASKS and model in _builtin_models():
-        raise ValueError(f"built-in model {model!r} ships without a tokenizer, which task {task!r} needs: pass "
-                         "--tokenizer (a tokenizer folder or hub id)")
+    """After loading (and the model-kind check): the tokenizer or processor the model came with; a text
+    task needs a tokenizer, which built-in models and folders without tokenizer files lack."""
+    if _empty_tokenizer(model, pre):
+        pre = None  # transformers made it up from the config alone
+    if pre is None and task not in run_module.IMAGE_TASKS and (model in _builtin_models() or Path(model).is_dir()):
+        raise ValueError(_no_tokenizer(model, task))
     return pre
+
+
+def _no_tokenizer(model: str, task: str) -> str:
+    return (f"task {task!r} needs a tokenizer and model {model!r} ships without one: pass --tokenizer (a tokenizer "
+            "folder or hub id)")
 
 
 def _builtin_models() -> tuple[str, ...]:
@@ -642,11 +656,11 @@ def eval_cmd(
     if tok is None:
         check_tokenizer_shipped(model, task)
     net, pre = load_for_eval(model)
-    pre = tok if tok is not None else shipped_preprocessor(model, pre, task)
     import osf
 
     plain = net.model if isinstance(net, osf.Supernet) else net
     run_module.check_model_kind(task, plain, model)
+    pre = tok if tok is not None else shipped_preprocessor(model, pre, task)
     net.to(device)
     evaluator = run_module.build_evaluator(task, pre, data=data, include_path=include_path, limit=limit,
                                            batch_size=batch_size, num_fewshot=num_fewshot)
