@@ -287,14 +287,22 @@ def test_remote_code_refuses_an_edited_description(saved, tmp_path):
 
 
 def test_resaving_a_subnet_loaded_by_osf_keeps_it_loadable(saved, tmp_path):
-    case = saved["mamba-depth"]
-    again = tmp_path / "again"
-    osf.save_subnet(osf.load_subnet(case["folder"]), again)
+    """osf.save_subnet and the loaded model's own save_pretrained (after a pickle round trip,
+    as torch.save of a whole model does) both write the code again."""
+    import pickle
+
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(again, trust_remote_code=True).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(model(**case["inputs"]).logits, case["expected"], atol=1e-4, rtol=1e-4)
+    case = saved["mamba-depth"]
+    model = osf.load_subnet(case["folder"])
+    osf.save_subnet(model, tmp_path / "a")
+    pickle.loads(pickle.dumps(model)).save_pretrained(tmp_path / "b")
+    for folder in ("a", "b"):
+        again = AutoModelForCausalLM.from_pretrained(tmp_path / folder, trust_remote_code=True).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(again(**case["inputs"]).logits, case["expected"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(osf.load_subnet(tmp_path / folder)(**case["inputs"]).logits, case["expected"],
+                                   atol=1e-4, rtol=1e-4)
 
 
 # ------------------------------------------------------------------ lm-eval's CLI

@@ -1,13 +1,13 @@
 """Extraction: a supernet config as a real, independent, smaller model."""
 from __future__ import annotations
 
-import types
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from osf.elastic.importance import eval_mode
+from osf.elastic.io import keep_description_on_save
 from osf.elastic.portable import remove_blocks  # the very routine a saved folder (and load_subnet) rebuilds with
 from osf.elastic.validate import META_ATTR
 from osf.ir.apply import get_tensor, renumber
@@ -71,21 +71,8 @@ def extract(sn: "Supernet", cfg: Config, verify: bool = True) -> nn.Module:
         with eval_mode(sub):
             check_extract(sn, cfg, sub, expected, lambda c: extract(sn, c, verify=False))
     setattr(sub, META_ATTR, meta)
-    if hasattr(sub, "save_pretrained"):
-        sub.save_pretrained = types.MethodType(_save_pretrained_with_meta, sub)
+    keep_description_on_save(sub)
     return sub
-
-
-def _save_pretrained_with_meta(self: nn.Module, save_directory, *args, **kwargs):
-    """``save_pretrained`` that also writes the subnet description, so per-layer sizes survive
-    (:func:`osf.load_subnet` reads the folder back; push_to_hub goes through here too), and for a
-    subnet its config cannot express, the code that loads it without osf."""
-    from osf.elastic.io import describe_saved_subnet
-
-    kwargs.setdefault("save_original_format", False)
-    out = type(self).save_pretrained(self, save_directory, *args, **kwargs)
-    describe_saved_subnet(self, save_directory)
-    return out
 
 
 def _changed_shapes(sn: "Supernet", cfg: Config) -> dict[str, list[int]]:

@@ -13,6 +13,7 @@ without osf.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import json
 import warnings
@@ -64,6 +65,22 @@ def save_subnet(model: nn.Module, path: str | Path, *, overwrite: bool = False) 
         save_model(model, str(path / WEIGHTS_FILE))  # stores tied tensors once
     describe_saved_subnet(model, path)
     return path
+
+
+def keep_description_on_save(model: nn.Module) -> None:
+    """Make ``model.save_pretrained`` (and ``push_to_hub``, which goes through it) write the
+    subnet's description and, where needed, its code, so per-layer sizes survive the plain
+    Hugging Face way of saving."""
+    if hasattr(model, "save_pretrained"):
+        # a partial of a module-level function, not a bound method: the model still pickles
+        model.save_pretrained = functools.partial(_save_pretrained_described, model)
+
+
+def _save_pretrained_described(self: nn.Module, save_directory: str | Path, *args: Any, **kwargs: Any) -> Any:
+    kwargs.setdefault("save_original_format", False)  # current tensor names, as save_subnet writes them
+    out = type(self).save_pretrained(self, save_directory, *args, **kwargs)
+    describe_saved_subnet(self, save_directory)
+    return out
 
 
 def describe_saved_subnet(model: nn.Module, path: str | Path) -> None:
@@ -129,6 +146,7 @@ def load_subnet(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     setattr(model, META_ATTR, meta)
+    keep_description_on_save(model)
     return model.eval()
 
 
