@@ -47,13 +47,10 @@ FAMILY_PAIRS = {
 NEEDS_SUPERNET_SKIP_ATTRIBUTES = ("OSF: the live supernet's SkipBlock is built without the layer it replaces "
                                   "(Supernet._skip must pass like=self._layers[name]), so a parent reading "
                                   "layer.attention_type fails once that layer is dropped")
-NEEDS_NESTED_REMOVAL_ON_LOAD = ("OSF: osf.elastic.portable.apply_subnet removes dropped layers of an outer list "
-                                "before those of inner lists, so a saved MobileViT subnet does not reload")
 EXPECTED_FAILURES = {
     "modernbert": NEEDS_SUPERNET_SKIP_ATTRIBUTES,
     "user-typed-layers": NEEDS_SUPERNET_SKIP_ATTRIBUTES,
 }
-SAVE_LOAD_FAILURES = {"mobilevit": NEEDS_NESTED_REMOVAL_ON_LOAD}
 MODELS = sorted({m for pair in FAMILY_PAIRS.values() for m in pair})
 
 
@@ -107,8 +104,6 @@ def test_family_subnets_are_exact(name):
         sub = sn.extract(cfg)
         assert sum(p.numel() for p in sub.parameters()) == sn.num_params(cfg), f"{name} {label}: parameter count"
         assert_close(run(sub, inputs), live, f"{name} {label}: extracted vs supernet")
-        if name in SAVE_LOAD_FAILURES:
-            continue
         with tempfile.TemporaryDirectory() as tmp:
             osf.save_subnet(sub, tmp)
             fresh = None if hasattr(sub, "config") else build_family(name)[0]
