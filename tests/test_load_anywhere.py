@@ -279,10 +279,17 @@ def test_remote_code_refuses_an_edited_description(saved, tmp_path):
 
     folder = tmp_path / "edited"
     shutil.copytree(saved["vit"]["folder"], folder)
-    config = json.loads((folder / "config.json").read_text())
+    original = json.loads((folder / "config.json").read_text())
+    config = json.loads(json.dumps(original))
     config["osf_subnet"]["format"] = 99
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"config.osf_subnet has format 99; this file reads format 1"):
+        AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)
+    config = json.loads(json.dumps(original))
+    config["osf_subnet"]["shapes"]["vit.layers.0.nope.weight"] = [4, 4]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"names tensor 'vit.layers.0.nope.weight', which "
+                                         r"ViTForImageClassification does not have"):
         AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)
 
 

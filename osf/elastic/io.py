@@ -43,8 +43,12 @@ def save_subnet(model: nn.Module, path: str | Path, *, overwrite: bool = False) 
         overwrite: replace a model already in ``path``. Without it such a folder is refused:
             its stale tokenizer, generation config or weight shards would load with the subnet.
             With it, the model files there (config.json, ``*.safetensors`` and their index,
-            generation_config.json, tokenizer files, README.md, osf_subnet.json) are removed
-            first; other files stay.
+            generation_config.json, tokenizer files, README.md, osf_subnet.json and the
+            subnet code files) are removed first; other files stay.
+
+    A subnet whose Hugging Face config cannot express it (sizes that differ from layer to
+    layer) is saved with the code that rebuilds it, so the folder also loads with
+    ``AutoModelFor*.from_pretrained(path, trust_remote_code=True)`` where osf is not installed.
 
     Raises:
         osf.errors.FolderNotEmptyError: ``path`` holds a model and ``overwrite`` is false.
@@ -199,6 +203,8 @@ def _write_portable_code(model: nn.Module, meta: dict[str, Any], path: Path) -> 
                       UserWarning, stacklevel=3)
         return
     config_file = path / "config.json"
+    if not config_file.is_file():  # saved without save_pretrained: nothing for from_pretrained to read
+        return
     saved = json.loads(config_file.read_text())
     classes = _loadable_classes(model, meta["original_config"])
     auto_map = {auto: f"{MODELING_FILE[:-3]}.{c.__name__}" for auto, c in classes.items()}

@@ -185,7 +185,7 @@ def _local_name(model: nn.Module, name: str, module: bool = False) -> str | None
         else:
             return None  # the head's: a base model has none
     raise ValueError(f"the subnet description names {'module' if module else 'tensor'} {name!r}, which "
-                     f"{type(model).__name__} does not have: config.{SPEC_KEY} was written for another model; "
+                     f"{type(model).__name__} does not have: it was written for another model (or edited); "
                      "save the subnet again")
 
 
