@@ -224,3 +224,22 @@ def test_a_hybrid_config_the_model_class_cannot_run_is_refused_at_extraction():
         cfg[b] = False
     with pytest.raises(osf.VerificationError, match="extracted JambaForCausalLM fails"):
         sn.extract(cfg)
+
+
+class _SizeFrozenByInt(torch.nn.Module):
+    """Turns the batch size into a plain int: the recorded graph holds it as a constant, so it
+    fails on another batch size where the model runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.fc(x).reshape(int(x.shape[0]) * 6)
+
+
+def test_a_graph_that_fails_on_another_input_shape_is_refused_at_build_naming_the_op():
+    from osf.ir.trace import TraceError
+
+    with pytest.raises(TraceError, match=r"fails on an input of another shape .*op 'reshape' in module '<root>'"):
+        osf.supernet(_SizeFrozenByInt().eval(), torch.randn(2, 6))

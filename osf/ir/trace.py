@@ -757,12 +757,29 @@ def _seq_of(args: tuple, kwargs: dict) -> int | None:
     return int(ids[0].shape[1]) + 2 if ids else None
 
 
-def _failing_node(e: BaseException) -> str:
-    """The generated-code line of a replayed graph that raised ``e`` (fx names the node)."""
-    for frame in reversed(traceback.extract_tb(e.__traceback__)):
-        if frame.filename.startswith("<eval_with_key"):
-            return f"graph op `{(frame.line or '').strip()[:120]}`"
-    return "the graph"
+def _failing_node(gm: fx.GraphModule, args: tuple, kwargs: dict) -> str:
+    """Which recorded op (and in which module) fails when the graph runs on ``args``/``kwargs``."""
+    failed: list[fx.Node] = []
+
+    class _Find(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            try:
+                return super().run_node(n)
+            except Exception:
+                failed.append(n)
+                raise
+
+    try:
+        with torch.no_grad():
+            _Find(gm).run(*args, *kwargs.values())
+    except Exception:
+        pass
+    if not failed:
+        return "an op of the graph"
+    n = failed[0]
+    module = n.meta.get("module", "")
+    module = module[len("model."):] if module.startswith("model.") else ("" if module == "model" else module)
+    return f"op {n.meta.get('op', n.target)!r} in module {module or '<root>'!r}"
 
 
 def _location_of(e: BaseException) -> str:
@@ -802,7 +819,8 @@ def _check_replay(gm, wrapper, args, kwargs, guards, draws: int = 4) -> tuple | 
             except Exception as e:
                 raise TraceError(
                     f"the traced graph fails on an input of another shape where the model runs "
-                    f"({type(e).__name__} in {_failing_node(e)}): a size was recorded as a constant. "
+                    f"({type(e).__name__} at {_failing_node(gm, new_args, new_kwargs)}): a size was recorded as a "
+                    "constant. "
                     "Pass example_inputs of the one shape the model is used with, or register the module "
                     "computing that size as a leaf (osf.ir.register_leaf) or give it an op rule "
                     "(osf.ir.rules.register)") from e
