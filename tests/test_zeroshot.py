@@ -138,6 +138,18 @@ def test_text_tower_is_elastic_and_scores_follow_the_config(trained):
     assert res.trials["macs"].notna().all()
 
 
+def test_example_inputs_take_the_size_of_the_checked_model(trained):
+    model, tok = trained
+    images, labels = colour_images(2, 3)
+    big = torch.nn.functional.interpolate(images.float(), size=(48, 40)).to(torch.uint8)
+    ev = ZeroShotAccuracy(big, labels, list(COLOURS), tok)
+    assert ev.example_inputs()["pixel_values"].shape == (1, 3, 48, 40)  # no model seen yet: the image's own size
+    ev.check_model(model)
+    ex = ev.example_inputs()
+    assert ex["pixel_values"].shape == (1, 3, 32, 32) and ex["input_ids"].shape[0] == 1
+    model(**ex)  # the model's forward takes them
+
+
 def test_resize_and_centre_crop():
     tok = word_tokenizer()
     img = torch.zeros(1, 3, 40, 64, dtype=torch.uint8)

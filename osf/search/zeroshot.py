@@ -145,6 +145,7 @@ class ZeroShotAccuracy:
         self.mean = tuple(mean or proc.get("image_mean") or CLIP_MEAN)
         self.std = tuple(std or proc.get("image_std") or CLIP_STD)
         self.name = name or f"zero-shot:{self.dataset}"
+        self._checked_size: int | None = None  # the image size of the last model checked (for example_inputs)
 
     # ---------------------------------------------------------------- inputs
     def _size_for(self, model: nn.Module) -> int | None:
@@ -204,6 +205,7 @@ class ZeroShotAccuracy:
         if positions is not None and self.input_ids.shape[1] > positions:
             raise ValueError(f"the longest prompt is {self.input_ids.shape[1]} tokens but {name} reads at most "
                              f"{positions}; use a shorter template or class names")
+        self._checked_size = self._size_for(model)
 
     # ------------------------------------------------------------- scoring
     @torch.no_grad()
@@ -241,6 +243,8 @@ class ZeroShotAccuracy:
                 f"{self.template!r}, {len(self.class_names)} classes), 0..1, higher is better")
 
     def example_inputs(self) -> dict[str, torch.Tensor]:
-        """One prompt and one preprocessed image (the model's forward inputs, for MACs and latency)."""
+        """One prompt and one preprocessed image (the model's forward inputs, for MACs and latency), at
+        the image size given, else that of the model last scored or checked, else the images' own."""
+        size = self.image_size if self.image_size is not None else self._checked_size
         return {"input_ids": self.input_ids[:1], "attention_mask": self.attention_mask[:1],
-                "pixel_values": self.preprocess(self.images[:1], self.image_size)}
+                "pixel_values": self.preprocess(self.images[:1], size)}
