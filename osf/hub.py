@@ -117,9 +117,10 @@ def find_source(path: str | Path) -> Source:
         if (path / kind.meta_file).is_file():
             return _checked(path, kind)
     if (path / "run.json").is_file():
+        from osf.search.card import read_search_record
         from osf.search.run import read_run
 
-        read_run(path)  # a damaged run.json is named
+        spec = read_run(path)  # a damaged run.json is named
         subnets = _saved_children(path, SUBNET)
         if not subnets:
             raise ValueError(f"{str(path)!r} is a search run folder with no extracted subnet in it: extract one first "
@@ -128,6 +129,11 @@ def find_source(path: str | Path) -> Source:
             names = ", ".join(p.name for p in subnets)
             raise ValueError(f"{str(path)!r} holds {len(subnets)} extracted subnets ({names}); a repository holds "
                              f"one model: push one of them (osf push {subnets[0]} --repo-id ...)")
+        record = read_search_record(subnets[0])
+        if record is not None and record.get("study_name") != spec.get("study_name"):
+            raise ValueError(f"the subnet in {str(subnets[0])!r} was extracted from another search (study "
+                             f"{record.get('study_name')!r}, this run's is {spec.get('study_name')!r}): its card would "
+                             "describe the wrong run; push its folder itself, or extract this run's subnet")
         return _checked(subnets[0], SUBNET)
     inside = [p for kind in (SUBNET, SUPERNET) for p in _saved_children(path, kind)]
     hint = f"; it holds {', '.join(repr(str(p)) for p in inside[:3])}: push that" if inside else ""
