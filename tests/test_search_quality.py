@@ -128,8 +128,10 @@ def test_importance_from_the_evaluators_data_by_default_and_a_warning_on_random_
 
 def test_calibrate_refuses_a_supernet_whose_weights_changed():
     sn = osf.supernet(data_dependent_net(), torch.randn(4, D), calibration=data_batches())
+    assert sn.can_calibrate
     with torch.no_grad():
         sn.full("head.weight").add_(0.1)  # as an optimizer step would
+    assert not sn.can_calibrate
     with pytest.raises(ValueError, match="changed since the supernet was built"):
         sn.calibrate(data_batches())
 

@@ -332,13 +332,19 @@ class Supernet(nn.Module):
     def _skip(self, name: str) -> SkipBlock:
         if name not in self._skips:
             fmt = self.ir.graph.meta["osf"].get("module_outputs", {}).get("model." + name, 0)
-            self._skips[name] = SkipBlock(fmt)
+            self._skips[name] = SkipBlock(fmt, like=self._layers[name])
         return self._skips[name]
 
     # ------------------------------------------------------------ importance
     def _weights_stamp(self) -> dict[str, tuple[int, int]]:
         """Identity and version of every shared tensor: changes when one is trained or replaced."""
         return {name: (id(t), t._version) for name, t in self._full.items()}
+
+    @property
+    def can_calibrate(self) -> bool:
+        """Whether :meth:`calibrate` may reorder the weights: built here (not restored from a
+        checkpoint) and not trained or converted since."""
+        return getattr(self, "_built_stamp", None) == self._weights_stamp()
 
     def calibrate(self, calibration: Any, importance: str | None = None) -> "Supernet":
         """Rank channels and layers again on data, for a supernet built without it.
@@ -356,7 +362,7 @@ class Supernet(nn.Module):
         if not batches:
             raise ValueError("sn.calibrate needs calibration data: an evaluator with held-out data (LMEval, "
                              "Perplexity, ImageAccuracy) or a non-empty list of model inputs")
-        if getattr(self, "_built_stamp", None) != self._weights_stamp():
+        if not self.can_calibrate:
             raise ValueError("sn.calibrate reorders the shared weights, but they changed since the supernet was "
                              "built (trained, converted or restored from a checkpoint): build a new supernet with "
                              "osf.supernet(model, calibration=...) instead")
@@ -524,17 +530,19 @@ def _first_samples(inputs: Any, n: int = 1, max_tokens: int = 16) -> Any:
 
 def build_space(ir: IR, block_order: list[str] | None = None, depth: bool = True,
                 min_depth: float = 0.25) -> SearchSpace:
-    """The default space: :func:`default_choices` per dim; each stack keeps at least ``min_depth``
-    of its layers (default a quarter: up to 3/4 may be dropped), and at least one."""
+    """The default space: :func:`default_choices` per dim; each stack (each kind of layer in a
+    stack of several kinds) keeps at least ``min_depth`` of its layers (default a quarter: up to
+    3/4 may be dropped), and at least one."""
     dims = {d.name: default_choices(d.size, d.kind) for d in ir.dims.values()}
     stacks: dict[str, list[str]] = {}
     min_depth_of: dict[str, int] = {}
     if depth:
         order = {name: i for i, name in enumerate(block_order or [b.name for b in ir.blocks])}
-        for stack, blocks in ir.stacks.items():
+        for group, blocks in ir.depth_groups.items():  # a hybrid's layer kinds are depth choices of their own
             names = sorted((b.name for b in blocks), key=lambda n: order.get(n, 0))
-            stacks[stack] = names
-            n_layers = len(ir.model.get_submodule(stack)) if stack else len(names)
+            stacks[group] = names
+            stack = blocks[0].stack
+            n_layers = len(ir.model.get_submodule(stack)) if stack and not blocks[0].kind else len(names)
             droppable = n_layers - max(1, math.ceil(min_depth * n_layers - 1e-9))
             min_depth_of[stack] = max(len(names) - droppable, 0) if n_layers > 1 else len(names)
     return SearchSpace(dims=dims, stacks=stacks, min_depth=min_depth_of)

@@ -23,7 +23,7 @@ from osf.search.objectives import (
 )
 from osf.search.protocol import Evaluator, SupernetLike, as_evaluator
 from osf.search.result import SearchResult
-from osf.search.samplers import make_sampler
+from osf.search.samplers import BudgetSampler, budget_corners, make_sampler
 from osf.search.storage import (
     Heartbeat, await_config_turn, claim_config, default_study_name, fail_stale_trials, is_stale, make_storage, next_ticket,
 )
@@ -72,6 +72,9 @@ def search(
     show_progress: bool = True,
     example_inputs: Any = None,
     evaluate_infeasible: bool = False,
+    budget_band: tuple[float, float] | None = (0.9, 1.0),
+    rerank: int = 5,
+    rerank_evaluator: Evaluator | Any = None,
 ) -> SearchResult:
     """Search ``sn`` for the best subnets.
 
@@ -97,6 +100,15 @@ def search(
         example_inputs: model inputs for MACs/latency (else ``evaluator.example_inputs()``).
         evaluate_infeasible: also score configs over budget (costs time). By default they
             are not scored: the sampler sees ``-inf``, the trials table NaN.
+        budget_band: with a parameter budget and a named sampler, each sampled config is
+            repaired into ``[low, high] x budget`` (widths and depths moved one choice at a
+            time; :class:`osf.search.samplers.BudgetSampler`), and the depth-only and width-only
+            configs at the budget are enqueued; ``None`` samples the whole space.
+        rerank: after the trials, score the ``rerank`` best configs within the budget again on
+            ``rerank_evaluator`` (default ``evaluator.full_sample()``, when the evaluator offers a
+            larger sample than it scores), and let :meth:`SearchResult.best` pick among them by
+            that score; 0 turns it off.
+        rerank_evaluator: the larger-sample evaluator for ``rerank``.
 
     Raises:
         ValueError: bad arguments, or a budget that even the smallest config breaks.
@@ -104,6 +116,18 @@ def search(
     objectives = check_objectives(objectives)
     budgets = check_budgets(constraints)
     evaluator = as_evaluator(evaluator)
+    if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
+        raise ValueError(f"rerank must be a number of configs >= 0 (0: off), got {rerank!r}")
+    if budget_band is not None and not (isinstance(budget_band, (tuple, list)) and len(budget_band) == 2
+                                        and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                for v in budget_band) and 0 < budget_band[0] <= budget_band[1] <= 1):
+        raise ValueError(f"budget_band must be None or two fractions (low, high) with 0 < low <= high <= 1, "
+                         f"got {budget_band!r}")
+    if rerank and rerank_evaluator is None:
+        full_sample = getattr(evaluator, "full_sample", None)
+        rerank_evaluator = full_sample() if callable(full_sample) else None
+    rerank_evaluator = as_evaluator(rerank_evaluator) if rerank_evaluator is not None else None
+    _warn_uncalibrated(sn, evaluator)
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
@@ -123,10 +147,29 @@ def search(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         result = _run(sn, evaluator, space, meter, objectives, budgets, costs, n_trials, sampler, storage, run_dir,
-                      name, seed, timeout, show_progress, evaluate_infeasible)
+                      name, seed, timeout, show_progress, evaluate_infeasible, budget_band)
+        if rerank and rerank_evaluator is not None:
+            result.rerank(sn, rerank_evaluator, k=rerank,
+                          **{b: v for b, v in budgets.items() if BUDGETS[b][0] in result.trials.columns})
     finally:
         optuna.logging.set_verbosity(quiet)
     return result
+
+
+def _warn_uncalibrated(sn: Any, evaluator: Any) -> None:
+    """Warn when the supernet ranked its layers on random inputs though the evaluator has data."""
+    import warnings
+
+    from osf.elastic.importance import RandomInputsWarning
+
+    built = getattr(sn, "build_config", None)
+    if built is None or getattr(built, "calibration_batches", 0) is not None or not getattr(sn, "can_calibrate", False):
+        return  # ranked on data, or a restored/trained supernet whose order must stay
+    if callable(getattr(evaluator, "calibration_batches", None)):
+        warnings.warn(f"the supernet was built without calibration data, so its channels and layers were ranked "
+                      f"without data; evaluator {evaluator.name!r} has a held-out calibration sample: build with "
+                      "osf.supernet(model, calibration=evaluator), or call sn.calibrate(evaluator) before searching",
+                      RandomInputsWarning, stacklevel=3)
 
 
 def _check_supernet(sn: Any) -> None:
@@ -138,7 +181,7 @@ def _check_supernet(sn: Any) -> None:
 
 
 def _run(sn, evaluator, space, meter, objectives, budgets, costs, n_trials, sampler, storage, run_dir, name, seed,
-         timeout, show_progress, evaluate_infeasible) -> SearchResult:
+         timeout, show_progress, evaluate_infeasible, budget_band=None) -> SearchResult:
     study = optuna.create_study(
         storage=make_storage(storage, run_dir),
         study_name=name,
@@ -166,10 +209,16 @@ def _run(sn, evaluator, space, meter, objectives, budgets, costs, n_trials, samp
     study.set_user_attr("osf_objectives", list(objectives))
     study.set_user_attr("osf_limits", limits)
 
+    budget_aware = budget_band is not None and "params" in limits and isinstance(sampler, str)
+    if budget_aware:  # trials near the budget; the named sampler proposes, a repair moves into the band
+        study.sampler = BudgetSampler(study.sampler, space, sn.num_params, limits["params"], tuple(budget_band), seed)
     fail_stale_trials(study)
     if not study.get_trials(deepcopy=False):  # fresh study: anchor both ends of the front
         study.enqueue_trial(_space_params(space, "largest"), skip_if_exists=True)  # workers starting together
         study.enqueue_trial(_space_params(space, "smallest"), skip_if_exists=True)
+        if budget_aware:  # and the depth-only and width-only subnets at the budget
+            for corner in budget_corners(space, study.sampler.cost, limits["params"]):
+                study.enqueue_trial(corner, skip_if_exists=True)
     if "score" not in reference:  # the full model is the reference of every table and plot, budget or not
         reference["score"] = evaluate_score(sn, evaluator, space.largest())
         study.set_user_attr("osf_reference", reference)
