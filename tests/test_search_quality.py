@@ -279,3 +279,20 @@ def test_perplexity_holds_out_its_calibration_blocks(tokenizer, corpus):
     assert torch.equal(torch.cat([ev.blocks, cal]), everything)
     assert ev.full_sample().max_batches is None
     assert Perplexity(corpus[1][:20], tokenizer, seq_len=16).full_sample() is None
+
+
+def test_lmeval_calibrates_on_documents_it_does_not_score(tokenizer, lastword_task):
+    from osf.search import LMEval
+
+    folder, name = lastword_task
+    passages = [json.loads(line)["text"] for line in (folder / f"{name}.jsonl").read_text().splitlines()]
+    ev = LMEval(name, tokenizer, include_path=folder, limit=4)
+    # by hand: the documents past the 4 scored ones, as lm-eval feeds them (context, delimiter, target)
+    want = [" ".join(p.split(" ")[:-1]) + "  " + p.split(" ")[-1] for p in passages[4:]]
+    assert ev.calibration_texts() == want
+    batches = ev.calibration_batches(n=2, batch_size=2, seq_len=8)
+    assert batches and all(b["input_ids"].shape[1] == 8 for b in batches) and len(batches) <= 2
+    ids = tokenizer(want[0])["input_ids"]
+    assert batches[0]["input_ids"][0].tolist() == ids[:8]
+    assert LMEval(name, tokenizer, include_path=folder).calibration_batches() is None  # every document is scored
+    assert ev.full_sample().limit is None and ev.limit == 4
