@@ -296,3 +296,32 @@ def test_lmeval_calibrates_on_documents_it_does_not_score(tokenizer, lastword_ta
     assert batches[0]["input_ids"][0].tolist() == ids[:8]
     assert LMEval(name, tokenizer, include_path=folder).calibration_batches() is None  # every document is scored
     assert ev.full_sample().limit is None and ev.limit == 4
+
+
+def test_image_accuracy_calibrates_on_the_train_split(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from osf.search import ImageAccuracy
+
+    rng = np.random.default_rng(0)
+    train_x, train_y = [], []
+    for name, n in [("test_batch", 12)] + [(f"data_batch_{i}", 10) for i in range(1, 6)]:
+        x, y = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 3, size=n)
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({b"data": x.reshape(n, -1), b"labels": [int(v) for v in y]}, f)
+        if name != "test_batch":
+            train_x.append(x)
+            train_y.append(y)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    ev = ImageAccuracy(f"cifar10:{tmp_path}", mean=mean, std=std)
+    batches = ev.calibration_batches(n=2, batch_size=8)
+    # by hand: 16 images spread evenly over the 50 training images, normalised, with their labels
+    x, y = np.concatenate(train_x), np.concatenate(train_y)
+    pick = np.round(np.linspace(0, 49, 16)).astype(int)
+    want = (torch.from_numpy(x[pick]).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(torch.cat([b["pixel_values"] for b in batches]), want)
+    assert torch.cat([b["labels"] for b in batches]).tolist() == y[pick].tolist()
+    assert ImageAccuracy(f"cifar10:{tmp_path}", split="train").calibration_batches() is None  # it scores train
+    assert ImageAccuracy(f"cifar10:{tmp_path}", calibration_split=None).calibration_batches() is None
