@@ -147,3 +147,20 @@ def test_sqlite_waiting_trial_is_taken_once(tmp_path):
     for th in threads:
         th.join()
     assert sorted(taken) == sorted(ids), "an enqueued trial was taken by two workers (or by none)"
+
+
+def test_journal_file_reads_back_with_optunas_own_backend(tmp_path):
+    """The run folder's journal (written without an fsync per line) is Optuna's format: optuna-dashboard
+    and Optuna's JournalFileBackend read it, and two processes appending to it interleave whole lines."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    procs = [worker("--n", "10", "--run-dir", str(tmp_path), "--seed", str(s)) for s in (1, 2)]
+    check_ok([finish(p) for p in procs])
+    ours = only_study(make_storage(str(tmp_path / JOURNAL_NAME), None))
+    stock = only_study(JournalStorage(JournalFileBackend(str(tmp_path / JOURNAL_NAME))))
+    check_complete(stock, 10)
+    assert [(t.number, t.state, t.params, t.values, t.user_attrs) for t in stock.trials] == \
+           [(t.number, t.state, t.params, t.values, t.user_attrs) for t in ours.trials]
+    lines = (tmp_path / JOURNAL_NAME).read_text().splitlines()
+    assert all(line.startswith("{") and line.endswith("}") for line in lines)

@@ -51,7 +51,7 @@ def make_storage(storage: str | optuna.storages.BaseStorage | None, run_dir: str
             if path.is_dir():
                 raise ValueError(f"storage {str(storage)!r} is a folder; a journal storage is a file such as {JOURNAL_NAME}")
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+            return JournalStorage(JournalFile(str(path)))
         url = resolve_sqlite(storage, run_dir)
         check_url(url)
         return _rdb(url)
@@ -59,7 +59,32 @@ def make_storage(storage: str | optuna.storages.BaseStorage | None, run_dir: str
         return optuna.storages.InMemoryStorage()
     path = Path(run_dir) / JOURNAL_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+    return JournalStorage(JournalFile(str(path)))
+
+
+class JournalFile(JournalFileBackend):
+    """Optuna's journal file (same format, same lock), without an ``fsync`` after every write.
+
+    A trial writes its storage about 25 times (one per parameter, per user attribute, per
+    state change); Optuna's backend forces each write to disk, which made the journal about
+    a tenth of the demo search's trial time. Written lines reach the operating system at
+    once, so other processes (also over NFS, which flushes on close) read them as before;
+    only a crash of the machine itself may lose the last writes, as a killed worker would.
+    """
+
+    def __init__(self, path: str):
+        self._file = path
+        self._file_lock = JournalFileOpenLock(path)
+        super().__init__(path, lock_obj=self._file_lock)
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+        self._file_lock.acquire()
+        try:
+            with open(self._file, "ab") as f:
+                f.write(text.encode("utf-8"))
+        finally:
+            self._file_lock.release()
 
 
 def check_url(url: str, option: str = "storage") -> None:
