@@ -14,6 +14,8 @@ Fixtures have sharpened weights and randomised constants, so no missed member ca
 """
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import tempfile
 
@@ -43,14 +45,7 @@ FAMILY_PAIRS = {
     "speech-encoder": ("wav2vec2", "user-speech"),
     "two-tower": ("siglip", "user-two-tower"),
 }
-# what still needs a change outside the IR to be exact (see the report of issue 12)
-NEEDS_SUPERNET_SKIP_ATTRIBUTES = ("OSF: the live supernet's SkipBlock is built without the layer it replaces "
-                                  "(Supernet._skip must pass like=self._layers[name]), so a parent reading "
-                                  "layer.attention_type fails once that layer is dropped")
-EXPECTED_FAILURES = {
-    "modernbert": NEEDS_SUPERNET_SKIP_ATTRIBUTES,
-    "user-typed-layers": NEEDS_SUPERNET_SKIP_ATTRIBUTES,
-}
+EXPECTED_FAILURES: dict[str, str] = {}  # model -> why it is not exact yet (an xfail, strict)
 MODELS = sorted({m for pair in FAMILY_PAIRS.values() for m in pair})
 
 
@@ -163,7 +158,9 @@ def test_hybrid_stacks_offer_mamba_and_attention_dims():
     kinds = {d.kind for d in sn.ir.dims.values()}
     assert {"state", "rank"} <= kinds, kinds  # Mamba's d_state / dt_rank
     assert any(d.endswith("moe:hidden") for d in sn.space.dims), list(sn.space.dims)
-    assert len(sn.space.stacks["layers"]) == 6  # Mamba, attention and MoE layers all droppable
+    # Mamba, attention and MoE layers all droppable, each kind its own depth choice
+    assert {g: len(b) for g, b in sn.space.stacks.items()} == {"layers[mixer]": 2, "layers[out+qkv]": 2,
+                                                               "layers[moe]": 2}, sn.space.stacks
 
 
 @pytest.mark.parametrize("name,groups", [
@@ -216,12 +213,11 @@ def test_a_hybrid_config_the_model_class_cannot_run_is_refused_at_extraction():
     """A Jamba subnet without attention layers runs in the supernet, but Jamba's cache needs an
     attention layer: extraction refuses it with VerificationError (never a model that is wrong)."""
     sn, _, _ = built("jamba")
-    cfg = sn.space.largest()
-    attention = [b for b in sn.space.stacks["model.layers"] if "self_attn" in str(
-        dict(sn.model.get_submodule(b).named_children()))]
-    assert attention
-    for b in attention:
-        cfg[b] = False
+    attention = sn.space.stacks["model.layers[self_attn]"]
+    assert attention and all("self_attn" in dict(sn.model.get_submodule(b).named_children()) for b in attention)
+    # the default space keeps one layer of each kind; a space that may drop them all:
+    sn.space = dataclasses.replace(sn.space, min_depth={**sn.space.min_depth, "model.layers[self_attn]": 0})
+    cfg = {**sn.space.largest(), **{b: False for b in attention}}
     with pytest.raises(osf.VerificationError, match="extracted JambaForCausalLM fails"):
         sn.extract(cfg)
 

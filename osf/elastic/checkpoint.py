@@ -351,5 +351,5 @@ def _check_ir(ir: Any, meta: Mapping[str, Any], space: Any, path: Path) -> None:
         if b not in blocks:
             raise ValueError(f"{where}: it has no droppable block {b!r}; {hint}")
     for s in space.stacks:
-        if s not in ir.stacks or {b.name for b in ir.stacks[s]} != set(space.stacks[s]):
+        if s not in ir.depth_groups or {b.name for b in ir.depth_groups[s]} != set(space.stacks[s]):
             raise ValueError(f"{where}: the blocks of stack {s!r} differ; {hint}")

@@ -316,7 +316,7 @@ def greedy_block_order(ir: IR, batches: list[Any], model: nn.Module | None = Non
     fmt = ir.graph.meta["osf"].get("module_outputs", {})
     stacks: dict[str, list[Any]] = {}
     for b in ir.blocks:
-        stacks.setdefault(b.stack, []).append(b)
+        stacks.setdefault(b.group, []).append(b)
     limit = {s: min(len(bs) - 1, (max_drops or {}).get(s, len(bs) - 1)) for s, bs in stacks.items()}
     split = [split_batch(b) for b in batches]
     references = [model(*a, **k) for a, k, _ in split]
