@@ -47,6 +47,11 @@ def _result(runs, name: str) -> tuple[dict, Path]:
     assert result["subnet_params"] < result["full_params"]
     assert f"{result['subnet_params']:,} parameters" in output and "Pareto front" in output
     assert (out / "search" / "pareto.png").stat().st_size > 0
+    # the subnet reported is the search's trial, as its result files record it
+    trials = {r["number"]: r for r in json.loads((out / "search" / "pareto.json").read_text())["pareto"]}
+    row = trials[result["subnet_trial"]]
+    assert (row["params"], row["score"], row["config"]) == (result["subnet_params"], result["subnet_score"],
+                                                            result["subnet_config"])
     return result, out
 
 
@@ -126,4 +131,13 @@ def test_mamba2_perplexity_example(runs):
     assert type(sub).__name__ == "Mamba2ForCausalLM"
     assert sum(p.numel() for p in sub.parameters()) == result["subnet_params"]
     assert result["subnet_perplexity"] == pytest.approx(float(torch.exp(torch.tensor(-result["subnet_score"]))))
+    # scored again here as the script scores it (its --smoke settings)
+    from transformers import AutoTokenizer
+
+    from osf.demo import load_corpus
+    from osf.search import Perplexity
+
+    tok = AutoTokenizer.from_pretrained(str(out / "subnet"))
+    ev = Perplexity(load_corpus()[1][:6], tok, seq_len=32, max_batches=2, batch_size=32)
+    assert ev(sub.eval()) == pytest.approx(result["subnet_score"], rel=1e-6)
     assert result["full_score"] < 0 and result["full_perplexity"] > 1
