@@ -170,6 +170,15 @@ def load_or_train(seconds: float = 90.0, cache: str | Path | None = None, show_p
 
 
 # ------------------------------------------------------ supernet training
+def calibration_batches(tokenizer, n_batches: int = 4, batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
+    """Batches of the demo's training texts (never the held-out passages it is scored on) that
+    rank the supernet's channels and layers."""
+    train_texts, _ = load_corpus()
+    blocks = token_blocks(train_texts, tokenizer)
+    order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(2))[:n_batches * batch_size]
+    return [{"input_ids": blocks[order[i:i + batch_size]]} for i in range(0, len(order), batch_size)]
+
+
 def load_or_train_supernet(model, tokenizer, base_key: str, steps: int = 100, cache: str | Path | None = None,
                            show_progress: bool = True) -> tuple[Any, dict[str, Any]]:
     """``(supernet, info)``: the demo model's supernet trained with :func:`osf.train` (sandwich
@@ -183,7 +192,7 @@ def load_or_train_supernet(model, tokenizer, base_key: str, steps: int = 100, ca
     config = TrainConfig(steps=steps, batch_size=16, lr=2e-3, warmup_steps=max(steps // 10, 1) if steps > 1 else 0,
                          num_random=2, eval_every=max(steps // 2, 1), save_every=0, eval_batches=4, seed=0)
     root = Path(cache) if cache is not None else cache_dir()
-    key = hashlib.sha1(json.dumps([base_key, config.to_dict()], sort_keys=True).encode()).hexdigest()[:8]
+    key = hashlib.sha1(json.dumps([base_key, config.to_dict(), "calibrated"], sort_keys=True).encode()).hexdigest()[:8]
     folder = root / f"supernet-{key}"
     if (folder / "osf_supernet.json").is_file():
         info = json.loads((folder / "osf_train.json").read_text())
@@ -195,7 +204,7 @@ def load_or_train_supernet(model, tokenizer, base_key: str, steps: int = 100, ca
     n_val = max(len(blocks) // 20, 16)  # validation blocks come from the training texts, never the held-out ones
     data = TrainData("lm", {"input_ids": blocks[order[n_val:]]}, {"input_ids": blocks[order[:n_val]]},
                      "demo training texts")
-    sn = osf.supernet(copy.deepcopy(model))
+    sn = osf.supernet(copy.deepcopy(model), calibration=calibration_batches(tokenizer))
     t0 = time.perf_counter()
     result = osf.train(sn, data, config, progress=show_progress)
     info = {"steps": steps, "seconds": time.perf_counter() - t0,
@@ -241,7 +250,7 @@ def run_demo(out_dir: str | Path = "osf-demo", trials: int = 20, train_seconds: 
     print(f"full model: last-word accuracy {full_score:.3f} on {n_passages if limit is None else limit} held-out passages")
 
     print("\n1. zero-shot: the supernet of the trained model, searched as it is")
-    zero_shot = osf.supernet(copy.deepcopy(model))
+    zero_shot = osf.supernet(copy.deepcopy(model), calibration=calibration_batches(tokenizer))
     summary: dict[str, Any] = {"full_score": full_score, "full_params": zero_shot.num_params(zero_shot.space.largest()),
                                "train": info}
     zs_best = _search_half(zero_shot, evaluator, out_dir / "run-zero-shot", trials, show_progress)

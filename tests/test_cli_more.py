@@ -112,6 +112,16 @@ def test_eval_scores_as_the_search_did(vit_run, cifar, tmp_path):
     one_line_error(invoke("eval", tmp_path / "sub", "--task", "cifar10"), "needs --data")
 
 
+def test_search_ranks_on_the_tasks_held_out_data_by_default(vit_run, tmp_path):
+    from osf.search.cli import DEFAULT_CALIBRATION
+
+    spec = json.loads((vit_run / "run.json").read_text())
+    assert spec["calibration"] is None  # the option was left out...
+    assert 0 < spec["supernet_config"]["calibration_batches"] <= DEFAULT_CALIBRATION  # ...and training images ranked it
+    # extract draws the same batches again: the rebuilt supernet passes the checksum guard
+    ok(invoke("extract", vit_run, "--trial", "0", "--out", tmp_path / "sub"))
+
+
 def test_importance_with_calibration_is_recorded_and_extracts_the_same_supernet(cifar, tmp_path):
     run = tmp_path / "run"
     base = ["search", "tiny-vit", "--task", "cifar10", "--data", cifar, "--trials", "3", "--out", run]
@@ -159,7 +169,7 @@ def test_tokenizer_option_for_a_model_without_one(tmp_path, tiny_lm, tokenizer, 
     (["--block-order", "random"], ["--block-order random", "greedy"]),
     (["--depth", "0"], ["--depth 0", "(0, 1]"]),
     (["--depth", "1.5"], ["--depth 1.5", "(0, 1]"]),
-    (["--calibration", "0"], ["--calibration must be a positive number"]),
+    (["--calibration", "-1"], ["--calibration must be a number of batches >= 0"]),
     (["--space", "{bad json"], ["--space is not valid inline JSON"]),
     (["--space", "[1, 2]"], ["neither inline JSON"]),
     (["--space", "missing.yaml"], ["neither inline JSON", "missing.yaml"]),
@@ -172,7 +182,7 @@ def test_bad_build_options_are_refused_before_loading(tmp_path, args, needles):
 def test_build_options_that_need_the_model(cifar, tmp_path):
     base = ["search", "tiny-vit", "--task", "cifar10", "--data", cifar, "--trials", "1", "--out", tmp_path / "r"]
     one_line_error(invoke(*base, "--space", '{"*:no_such_dim": [4]}'), "matches no dim")
-    one_line_error(invoke(*base, "--importance", "taylor"), "needs calibration data")
+    one_line_error(invoke(*base, "--importance", "taylor", "--calibration", "0"), "needs calibration data")
     test_only = tmp_path / "test_only"  # no training batches: nothing held out to calibrate on
     test_only.mkdir()
     (test_only / "test_batch").write_bytes((cifar / "test_batch").read_bytes())

@@ -15,6 +15,7 @@ from osf.search.run import check_task_inputs, read_run, write_run
 from osf.search.storage import JOURNAL_NAME, default_study_name
 
 # ``osf search`` options that set a SupernetConfig field (the choices come from the modules that define them)
+DEFAULT_CALIBRATION = 8  # held-out batches osf search ranks channels and layers on unless told otherwise
 BUILD_OPTIONS = {"--space": "space", "--importance": "importance", "--block-order": "block_order", "--depth": "min_depth"}
 
 
@@ -72,7 +73,8 @@ def search_cmd(
     block_order: Optional[str] = typer.Option(None, "--block-order", help="How layers are ranked for dropping: "
                                               f"{', '.join(BLOCK_ORDERS)}."),
     calibration: Optional[int] = typer.Option(None, "--calibration", help="Rank channels and layers on this many "
-                                              "batches of the task's held-out data (never scored)."),
+                                              "batches of the task's held-out data, never scored (default "
+                                              f"{DEFAULT_CALIBRATION} where the task has such data; 0: random inputs)."),
     depth: Optional[float] = typer.Option(None, "--depth", help="Share (0, 1] of each layer stack every subnet keeps "
                                           "(1: no layer is dropped)."),
 ) -> None:
@@ -101,8 +103,9 @@ def search_cmd(
     if storage is not None:
         _check_storage(storage, run_dir)
     check_task_inputs(task, data, include_path)
-    if calibration is not None and calibration < 1:
-        raise ValueError(f"--calibration must be a positive number of batches (or left out for none), got {calibration}")
+    if calibration is not None and calibration < 0:
+        raise ValueError(f"--calibration must be a number of batches >= 0 (0: rank on random inputs; left out: "
+                         f"{DEFAULT_CALIBRATION} when the task has held-out data), got {calibration}")
     overrides = parse_space(space)
     build = check_build_options({"--space": overrides, "--importance": importance, "--block-order": block_order,
                                  "--depth": depth})
@@ -308,12 +311,16 @@ def _builtin_models() -> tuple[str, ...]:
 
 
 def calibration_batches(evaluator: Any, n: int | None, task: str) -> list[Any] | None:
-    """``--calibration N``: N batches of the evaluator's held-out data (``None`` without the option)."""
-    if n is None:
-        return None
+    """``--calibration N``: N batches of the evaluator's held-out data; left out,
+    :data:`DEFAULT_CALIBRATION` of them where the task has held-out data (else none: the
+    supernet then ranks on random inputs and warns); ``0``: none."""
     from osf.elastic.importance import resolve_calibration
 
-    batches = resolve_calibration(evaluator, n)
+    if n == 0:
+        return None
+    batches = resolve_calibration(evaluator, DEFAULT_CALIBRATION if n is None else n)
+    if not batches and n is None:
+        return None
     if not batches:
         raise ValueError(f"--calibration {n}: task {task!r} has no held-out data to calibrate on (every example is "
                          "scored and there is no training split); score fewer examples with --limit, or leave "
@@ -468,11 +475,14 @@ def extract_cmd(
             sn.space = sn.space.restrict(spec["space_overrides"])  # as the search restricted it
     else:
         batches = None
-        if spec.get("calibration"):  # the same held-out batches of the same task data
+        drawn = spec.get("calibration")
+        if drawn is None and "calibration" in spec:  # the search's default draw (osf search records the option)
+            drawn = build_config.calibration_batches
+        if drawn:  # the same held-out batches of the same task data
             evaluator = run_module.build_evaluator(
                 spec["task"], pre, data=spec.get("data"), include_path=spec.get("include_path"), limit=spec.get("limit"),
                 batch_size=spec.get("batch_size") or 16, num_fewshot=spec.get("num_fewshot"))
-            batches = calibration_batches(evaluator, int(spec["calibration"]), spec["task"])
+            batches = calibration_batches(evaluator, int(drawn), spec["task"])
         elif build_config.calibration_batches:
             raise ValueError(f"the supernet of {str(run_dir)!r} was ranked on calibration batches that were not saved "
                              "(given through the Python API): save that supernet with sn.save_pretrained, and search "
