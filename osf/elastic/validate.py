@@ -340,7 +340,7 @@ MODELING_FILE = "modeling_osf_subnet.py"  # a per-layer subnet's classes, for fr
 PORTABLE_FILE = "osf_portable.py"  # the code they rebuild the subnet with: a copy of osf.elastic.portable
 #: What osf and Hugging Face write into a model folder (and what a stale copy would leave).
 MODEL_FILES = ("config.json", "generation_config.json", "osf_subnet.json", MODELING_FILE, PORTABLE_FILE,
-               "README.md", "tokenizer.json",
+               "README.md", "osf_search.json", "pareto.png", "tokenizer.json",
                "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
                "merges.txt", "tokenizer.model", "spiece.model", "chat_template.jinja", "chat_template.json",
                "preprocessor_config.json", "processor_config.json", "image_processor_config.json")

@@ -43,7 +43,8 @@ def _budget(flag: str, when: str, limit: str) -> Any:
 def search_cmd(
     model: str = typer.Argument(..., help="Local HF folder, supernet checkpoint folder (sn.save_pretrained), hub id, "
                                 "or built-in tiny model name."),
-    task: str = typer.Option(..., "--task", help="lm-eval task(s) (comma-separated), cifar10, cifar100, imagenet, imagefolder, or perplexity."),
+    task: str = typer.Option(..., "--task", help="lm-eval task(s) (comma-separated), cifar10, cifar100, imagenet, imagefolder, perplexity, or "
+                      "clip-zeroshot:cifar10 / clip-zeroshot:cifar100 (CLIP zero-shot; --data DIR)."),
     out: Path = typer.Option(..., "--out", help="Run folder (study, results); re-run to resume."),
     trials: int = typer.Option(50, "--trials", min=1, help="COMPLETE trials the study ends with."),
     max_params: Optional[float] = _budget("--max-params", "Budget", "this many parameters"),
@@ -260,8 +261,7 @@ def load_tokenizer(name: str) -> Any:
                          "tokenizer files (tokenizer.json / tokenizer_config.json) or a hub id") from None
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
-                   "spiece.model", "merges.txt")
+TOKENIZER_FILES = run_module.TOKENIZER_FILES
 
 
 def check_tokenizer_shipped(model: str, task: str) -> None:
@@ -637,7 +637,7 @@ def eval_cmd(
     model: str = typer.Argument(..., help="A subnet folder (osf extract), a supernet checkpoint folder (scored at its "
                                 "largest config), a Hugging Face folder, hub id, or built-in tiny model."),
     task: str = typer.Option(..., "--task", help="As for osf search: lm-eval task(s), cifar10, cifar100, imagenet, "
-                             "imagefolder, or perplexity."),
+                             "imagefolder, perplexity, or clip-zeroshot:cifar10|cifar100."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Examples to score (images, lm-eval documents, "
                                         "perplexity batches); default all."),
     data: Optional[Path] = typer.Option(None, "--data", help="Data folder/file for image tasks or perplexity."),

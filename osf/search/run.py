@@ -59,10 +59,18 @@ def load_model(name: str) -> tuple[Any, Any]:
     return model, extra
 
 
+#: files a folder holding a tokenizer has at least one of
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "merges.txt")
+
+
 def _auto_preprocessor(name: str) -> Any:
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    for cls in (AutoTokenizer, AutoImageProcessor):
+    folder = Path(name)
+    # from a folder without tokenizer files transformers 5 makes up an empty tokenizer from the config
+    no_tokenizer = folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES)
+    for cls in (AutoImageProcessor,) if no_tokenizer else (AutoTokenizer, AutoImageProcessor):
         try:
             return cls.from_pretrained(name)
         except Exception:

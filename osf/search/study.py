@@ -168,7 +168,8 @@ def _warn_uncalibrated(sn: Any, evaluator: Any) -> None:
     if callable(getattr(evaluator, "calibration_batches", None)):
         warnings.warn(f"the supernet was built without calibration data, so its channels and layers were ranked "
                       f"without data; evaluator {evaluator.name!r} has a held-out calibration sample: build with "
-                      "osf.supernet(model, calibration=evaluator), or call sn.calibrate(evaluator) before searching",
+                      "osf.supernet(model, calibration=evaluator), or call sn.calibrate(evaluator) before searching "
+                      "(osf search does this unless --calibration 0)",
                       RandomInputsWarning, stacklevel=3)
 
 
