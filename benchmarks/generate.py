@@ -16,9 +16,9 @@ fixed shapes, each the largest that fits under f:
 - mixed: the uniform width fraction that fits sqrt(f), then layers dropped until within f.
 
 Timing: ``prefill`` = one forward over the prompt with ``use_cache=True`` (logits of the last position
-only, as generation's prefill); ``decode`` =
-``model.generate(prompt, max_new_tokens=1 + D, use_cache=True)`` minus ``generate(max_new_tokens=1)``
-(greedy, ``min_new_tokens`` forced), i.e. D cached single-token steps. Tokens per second count every
+only, as generation's prefill); ``decode`` = the time from the first to the last new token of
+``model.generate(prompt, max_new_tokens=1 + D, use_cache=True)`` (greedy, ``min_new_tokens`` forced),
+stamped by a stopping criterion that never stops, i.e. D cached single-token steps. Tokens per second count every
 sequence of the batch. Each number is the median of ``--repeats`` runs after one warm-up; models
 are measured round-robin within each repeat so that load changes hit them alike. Speed-ups are
 ratios to the full model in the same run. ``torch.set_num_threads(--threads)`` (default 1).
@@ -140,9 +140,30 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - t
 
 
-def generate(model: torch.nn.Module, prompt: torch.Tensor, new: int) -> torch.Tensor:
-    return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, min_new_tokens=new,
-                          do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None)
+class Stamps:
+    """A stopping criterion that never stops and records when each new token is ready: the
+    gaps between the first and the last stamp are pure cached decode steps."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.times = device, []
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        sync(self.device)
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def decode_time(model: torch.nn.Module, prompt: torch.Tensor, steps: int, device: torch.device) -> float:
+    """Seconds for ``steps`` cached decode steps of ``model.generate`` (after prefill and the first token)."""
+    from transformers import StoppingCriteriaList
+
+    stamps = Stamps(device)
+    model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=1 + steps,
+                   min_new_tokens=1 + steps, do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None,
+                   stopping_criteria=StoppingCriteriaList([stamps]))
+    if len(stamps.times) != 1 + steps:
+        raise RuntimeError(f"generate produced {len(stamps.times)} tokens, expected {1 + steps}")
+    return stamps.times[-1] - stamps.times[0]
 
 
 def measure(models: dict[str, torch.nn.Module], batch: int, prompt_len: int, decode: int, repeats: int,
@@ -150,23 +171,21 @@ def measure(models: dict[str, torch.nn.Module], batch: int, prompt_len: int, dec
     """Prefill and decode tokens/s per model (medians), measured round-robin."""
     g = torch.Generator().manual_seed(batch)
     prompt = torch.randint(0, vocab, (batch, prompt_len), generator=g).to(device)
-    runs: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "gen1": [], "genN": []} for k in models}
+    runs: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in models}
     with torch.inference_mode():
         for rep in range(repeats + 1):  # repeat 0: warm-up, not kept
             for name, model in models.items():
                 t_pre = timed(lambda: model(prompt, use_cache=True, logits_to_keep=1), device)
-                t1 = timed(lambda: generate(model, prompt, 1), device)
-                tn = timed(lambda: generate(model, prompt, 1 + decode), device)
+                t_dec = decode_time(model, prompt, decode, device)
                 if rep:
                     runs[name]["prefill"].append(t_pre)
-                    runs[name]["gen1"].append(t1)
-                    runs[name]["genN"].append(tn)
+                    runs[name]["decode"].append(t_dec)
     out = {}
     for name, r in runs.items():
-        pre, g1, gn = (statistics.median(r[k]) for k in ("prefill", "gen1", "genN"))
-        out[name] = {"prefill_tok_s": batch * prompt_len / pre, "decode_tok_s": batch * decode / max(gn - g1, 1e-9),
-                     "prefill_s": pre, "gen1_s": g1, "genN_s": gn,
-                     "decode_spread": (max(r["genN"]) - min(r["genN"])) / gn}
+        pre, dec = statistics.median(r["prefill"]), statistics.median(r["decode"])
+        out[name] = {"prefill_tok_s": batch * prompt_len / pre, "decode_tok_s": batch * decode / dec,
+                     "prefill_s": pre, "decode_s": dec, "prefill_runs": r["prefill"], "decode_runs": r["decode"],
+                     "decode_spread": (max(r["decode"]) - min(r["decode"])) / dec}
     return out
 
 
@@ -292,8 +311,8 @@ def main() -> None:
             f"Load at the start: `{start_load}` ({start_others} other Python processes); at the end: `{load()}` "
             f"({others()} other Python processes). The CPU was shared when the load average is above "
             f"{os.cpu_count()}: absolute tokens/s are then low and noisy; ratios within one run hold better.", "",
-            f"Prompt {args.prompt} tokens; decode: {args.decode} cached steps (generate(1 + {args.decode}) - "
-            f"generate(1)); median of {args.repeats} repeats after one warm-up, models round-robin. Subnets: "
+            f"Prompt {args.prompt} tokens; decode: {args.decode} cached steps of generate(max_new_tokens=1 + "
+            f"{args.decode}), timed from the first new token to the last (stopping-criterion time stamps); median of {args.repeats} repeats after one warm-up, models round-robin. Subnets: "
             "fixed shapes (no search), each the largest under the budget: depth = full widths, layers dropped; "
             "width = all layers, one uniform width fraction; mixed = the width fraction that fits sqrt(budget), then "
             "layers dropped. Params count embeddings (tied, once), as `sn.num_params`. Random-init weights "
