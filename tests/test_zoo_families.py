@@ -172,6 +172,15 @@ def test_each_kind_of_layer_in_a_hybrid_stack_is_its_own_depth_choice(name, grou
     assert {g: [b.index for b in blocks] for g, blocks in sn.ir.depth_groups.items()} == groups
 
 
+@pytest.mark.parametrize("name", ["jamba", "user-hybrid"])
+def test_the_default_space_drops_each_kind_of_layer_down_to_one(name):
+    sn, _, _ = built(name)
+    assert set(sn.space.stacks) == set(sn.ir.depth_groups) and len(sn.space.stacks) > 1
+    assert sn.space.min_depth == {g: 1 for g in sn.space.stacks}, sn.space.min_depth
+    smallest = sn.space.smallest()
+    assert sn.space.depths(smallest) == {g: 1 for g in sn.space.stacks}
+
+
 def test_a_multiplier_of_a_fused_projection_follows_its_layout():
     """user-mup's ``multiplier`` buffer scales [a | g] of ``proj``: it is a member of the same
     dim, at the same positions (sliced with the projection)."""

@@ -544,7 +544,7 @@ def build_space(ir: IR, block_order: list[str] | None = None, depth: bool = True
             stack = blocks[0].stack
             n_layers = len(ir.model.get_submodule(stack)) if stack and not blocks[0].kind else len(names)
             droppable = n_layers - max(1, math.ceil(min_depth * n_layers - 1e-9))
-            min_depth_of[stack] = max(len(names) - droppable, 0) if n_layers > 1 else len(names)
+            min_depth_of[group] = max(len(names) - droppable, 0) if n_layers > 1 else len(names)
     return SearchSpace(dims=dims, stacks=stacks, min_depth=min_depth_of)
 
 
