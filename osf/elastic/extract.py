@@ -8,9 +8,9 @@ from torch import nn
 
 from osf.elastic.importance import eval_mode
 from osf.elastic.io import keep_description_on_save
-from osf.elastic.portable import remove_blocks  # the very routine a saved folder (and load_subnet) rebuilds with
 from osf.elastic.validate import META_ATTR
 from osf.ir.apply import get_tensor, renumber
+from osf.ir.portable import remove_blocks  # the very routine a saved folder (and load_subnet) rebuilds with
 from osf.space import Config
 
 if TYPE_CHECKING:

@@ -24,10 +24,10 @@ import torch
 from safetensors.torch import save_model
 from torch import nn
 
-from osf.elastic import portable
 from osf.elastic.validate import (META_ATTR, MODELING_FILE, PORTABLE_FILE, SUBNET, check_config_matches_weights,
                                   check_saved_folder, prepare_save_folder, read_meta, read_safetensors)
 from osf.errors import InputTypeError
+from osf.ir import portable
 from osf.ir.apply import is_non_persistent, tied_names
 
 META_FILE = SUBNET.meta_file

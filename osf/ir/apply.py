@@ -9,25 +9,13 @@ import torch
 from torch import nn
 
 from osf.ir.ir import IR
+from osf.ir.portable import set_attribute, sync_module_attributes  # the one copy: subnet folders carry it
 
 
 def get_tensor(model: nn.Module, name: str) -> torch.Tensor:
     owner, _, leaf = name.rpartition(".")
     mod = model.get_submodule(owner) if owner else model
     return getattr(mod, leaf)
-
-
-def set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
-    """Replace a parameter or buffer by ``value`` (a new Parameter keeps ``requires_grad``)."""
-    owner, _, leaf = name.rpartition(".")
-    mod = model.get_submodule(owner) if owner else model
-    if leaf in mod._parameters:
-        old = mod._parameters[leaf]
-        mod._parameters[leaf] = nn.Parameter(value, requires_grad=old.requires_grad if old is not None else True)
-    elif leaf in mod._buffers:
-        mod._buffers[leaf] = value
-    else:
-        setattr(mod, leaf, value)
 
 
 @torch.no_grad()
@@ -113,34 +101,8 @@ def apply_attributes(ir: IR, sizes: Mapping[str, int], model: nn.Module,
             mod = modules[b.module]
         else:
             mod = model.get_submodule(b.module) if b.module else model
-        setattr(mod, b.attr, ir.eval_expr(b.expr, full))
+        set_attribute(mod, b.attr, ir.eval_expr(b.expr, full))
     sync_module_attributes(model if modules is None else modules.values())
-
-
-def sync_module_attributes(model: nn.Module | Iterable[nn.Module]) -> None:
-    """Make torch.nn primitives' size attributes match their (possibly sliced) weights."""
-    for mod in (model.modules() if isinstance(model, nn.Module) else model):
-        w = getattr(mod, "weight", None)
-        if isinstance(mod, nn.Linear):
-            mod.out_features, mod.in_features = mod.weight.shape
-        elif isinstance(mod, nn.modules.conv._ConvNd):
-            depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
-            mod.out_channels = w.shape[0]
-            if depthwise:
-                mod.groups = w.shape[0]
-            mod.in_channels = w.shape[1] * mod.groups
-        elif isinstance(mod, nn.LayerNorm) and w is not None:
-            mod.normalized_shape = tuple(w.shape)
-        elif isinstance(mod, nn.RMSNorm) and w is not None:
-            mod.normalized_shape = tuple(w.shape)
-        elif isinstance(mod, nn.modules.batchnorm._NormBase):
-            ref = w if w is not None else getattr(mod, "running_mean", None)
-            if ref is not None:
-                mod.num_features = ref.shape[0]
-        elif isinstance(mod, nn.GroupNorm) and w is not None:
-            mod.num_channels = w.shape[0]
-        elif isinstance(mod, nn.Embedding):
-            mod.num_embeddings, mod.embedding_dim = mod.weight.shape
 
 
 def sliced_copy(ir: IR, sizes: Mapping[str, int], drop: Iterable[str] = ()) -> nn.Module:
@@ -201,35 +163,9 @@ def drop_block(ir: IR, model: nn.Module, name: str) -> None:
     parent[block.index] = SkipBlock(tuple_len, like=parent[block.index])
 
 
-def remove_layers(model: nn.Module, stack: str, indices: set[int]) -> None:
-    """Drop the ``indices`` of the layer list at ``stack`` and renumber ``layer_idx`` attributes
-    (what Hugging Face caches index by) of the layers that stay."""
-    lst = model.get_submodule(stack) if stack else model
-    kept = [m for i, m in enumerate(lst) if i not in indices]
-    owner, _, leaf = stack.rpartition(".")
-    parent = model.get_submodule(owner) if owner else model
-    setattr(parent, leaf, type(lst)(kept) if isinstance(lst, nn.ModuleList) else nn.Sequential(*kept))
-    for new_idx, layer in enumerate(kept):
-        for mod in layer.modules():
-            if isinstance(getattr(mod, "layer_idx", None), int):
-                mod.layer_idx = new_idx
-
-
-def remove_blocks(model: nn.Module, names: Iterable[str]) -> None:
-    """Drop the layers named ``names`` (``"<stack>.<index>"``, as IR blocks are named),
-    each stack once, with :func:`remove_layers`."""
-    by_stack: dict[str, set[int]] = {}
-    for name in names:
-        stack, _, idx = name.rpartition(".")
-        by_stack.setdefault(stack, set()).add(int(idx))
-    # inner lists first: removing a layer of an outer list renumbers the paths of those inside it
-    for stack in sorted(by_stack, key=lambda s: -s.count(".") - bool(s)):
-        remove_layers(model, stack, by_stack[stack])
-
-
 def renumber(ir: IR, name: str, dropped: Collection[str]) -> str:
     """Where ``name`` (a module or tensor path of the full model) sits once ``dropped`` are gone."""
-    # inner lists first, as remove_blocks removes them: an outer list's prefix is unchanged by them
+    # inner lists first, as portable.remove_blocks removes them: an outer list's prefix is unchanged by them
     for stack in sorted(ir.stacks, key=lambda s: -s.count(".") - bool(s)):
         prefix = f"{stack}." if stack else ""
         if name.startswith(prefix):

@@ -15,7 +15,8 @@ model's layout:
   layer counts, ...), with their original values: the model is built at those first;
 - ``shapes``: tensor name -> shape, for every tensor the subnet resizes;
 - ``attributes``: ``{"module", "attr", "value"}`` size attributes the forward reads
-  (a mixer's ``intermediate_size``, an attention's ``num_attention_heads``...);
+  (a mixer's ``intermediate_size``, an attention's ``num_attention_heads``; a dotted
+  ``attr`` such as ``args.d_inner`` is an attribute of an object the module holds);
 - ``dropped``: the layers removed (``"<layer list>.<index>"``).
 
 This module must import nothing but torch and the standard library.
@@ -56,11 +57,24 @@ def apply_subnet(model: nn.Module, shapes: Mapping[str, Iterable[int]], attribut
     for a in attributes:
         local = _local_name(model, a["module"], module=True)
         if local is not None:
-            setattr(model.get_submodule(local) if local else model, a["attr"], copy.deepcopy(a["value"]))
+            set_attribute(model.get_submodule(local) if local else model, a["attr"], copy.deepcopy(a["value"]))
     sync_module_attributes(model)
     remove_blocks(model, [local for local in (_local_name(model, b, module=True) for b in dropped)
                           if local is not None])
     return model
+
+
+def set_attribute(module: nn.Module, attr: str, value: Any) -> None:
+    """``module.<attr> = value``; a dotted ``attr`` (``"args.d_inner"``) sets an attribute of
+    an object the module holds."""
+    owner, _, leaf = attr.rpartition(".")
+    setattr(_get_path(module, owner), leaf, value)
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    for part in path.split(".") if path else ():
+        obj = getattr(obj, part)
+    return obj
 
 
 def remove_blocks(model: nn.Module, names: Iterable[str]) -> None:
@@ -75,9 +89,10 @@ def remove_blocks(model: nn.Module, names: Iterable[str]) -> None:
         remove_layers(model, stack, by_stack[stack])
 
 
-def sync_module_attributes(model: nn.Module) -> None:
-    """Make torch.nn primitives' size attributes match their (possibly resized) weights."""
-    for mod in model.modules():
+def sync_module_attributes(model: nn.Module | Iterable[nn.Module]) -> None:
+    """Make torch.nn primitives' size attributes match their (possibly resized or sliced)
+    weights: those of ``model`` and its submodules, or of each module of an iterable."""
+    for mod in (model.modules() if isinstance(model, nn.Module) else model):
         w = getattr(mod, "weight", None)
         if isinstance(mod, nn.Linear):
             mod.out_features, mod.in_features = mod.weight.shape
