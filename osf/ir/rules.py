@@ -11,12 +11,13 @@ Register a rule for a new kind of module with :func:`register`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
+import torch
 import torch.fx as fx
 from torch import nn
 
-from osf.ir.context import Context
+from osf.ir.context import Context, relative_path
 
 
 @dataclass
@@ -50,6 +51,65 @@ def match(module: nn.Module) -> ModuleRule | None:
 
 def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return {n: tuple(p.shape) for n, p in module.named_parameters()}
+
+
+def bind_sizes(ctx: Context, m: nn.Module, path: str, names: Mapping[int, Sequence[str]]) -> None:
+    """Record where the leaf module ``m`` (whose forward the graph does not see) keeps the size
+    of each dim var: ``names[var]`` lists the attribute names it may have.
+
+    Its own int attributes are bound (set per config). A dim with none of them, whose size sits
+    instead in a plain object the module holds (mamba-minimal's ``self.args.d_inner``), is bound
+    through that object (``args.d_inner``) when only the module and its parents hold the object
+    (one copy per layer); an object other modules hold too (one ``ModelArgs`` for every layer)
+    cannot hold a size per layer, so that dim is kept whole."""
+    holders = None
+    for var, attrs in names.items():
+        own = [a for a in attrs if _is_size(getattr(m, a, None))]
+        for a in own:
+            ctx.bind_attr(path, a, var)
+        if own:
+            continue
+        size = ctx.alg.size_of(var)
+        for key, obj in _held_objects(m):
+            found = [a for a in attrs if _is_size(_safe_getattr(obj, a)) and _safe_getattr(obj, a) == size]
+            if not found:
+                continue
+            if holders is None:
+                holders = _holders(ctx.gm)
+            others = [h for h in holders.get(id(obj), []) if h != path and not path.startswith(h + ".") and h]
+            if others:
+                ctx.alg.fix(var, f"{relative_path(path)}.{key}.{found[0]} is in an object that "
+                                 f"{relative_path(others[0])!r} holds too: one size for both")
+            else:
+                for a in found:
+                    ctx.bind_attr(path, f"{key}.{a}", var)
+
+
+def _is_size(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _safe_getattr(obj: object, name: str) -> object:
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # a property of a user object may raise
+        return None
+
+
+def _held_objects(m: nn.Module) -> list[tuple[str, object]]:
+    """The plain objects (configs, argument records) held in ``m``'s own attributes."""
+    return [(k, v) for k, v in vars(m).items()
+            if not k.startswith("_") and hasattr(v, "__dict__") and not isinstance(v, (nn.Module, torch.Tensor, type))
+            and not callable(v)]
+
+
+def _holders(root: nn.Module) -> dict[int, list[str]]:
+    """For each plain object held by a module of ``root``: the paths of the modules holding it."""
+    out: dict[int, list[str]] = {}
+    for name, mod in root.named_modules():
+        for _, obj in _held_objects(mod):
+            out.setdefault(id(obj), []).append(name)
+    return out
 
 
 # --------------------------------------------------------------------------- Mamba
@@ -96,10 +156,8 @@ def _apply_mamba(ctx: Context, node: fx.Node, m: nn.Module, path: str) -> None:
     ctx.module_io(node, in_w[1], out_w[0])
     if m.out_proj.bias is not None:
         ctx.unify(p("out_proj.bias")[0], out_w[0])
-    for attr, var in (("intermediate_size", E), ("d_inner", E), ("ssm_state_size", N), ("d_state", N),
-                      ("time_step_rank", R), ("dt_rank", R)):
-        if isinstance(getattr(m, attr, None), int):
-            ctx.bind_attr(path, attr, var)
+    bind_sizes(ctx, m, path, {E: ("intermediate_size", "d_inner"), N: ("ssm_state_size", "d_state"),
+                              R: ("time_step_rank", "dt_rank")})
     known = {"in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight",
              "dt_proj.bias", "A_log", "D", "out_proj.weight", "out_proj.bias"}
     channel_multipliers(ctx, m, path, known, in_w[0], [E, N, R])
