@@ -676,4 +676,5 @@ def _build(model: nn.Module, example_inputs: Any, config: "SupernetConfig", cali
         sn._built_stamp = sn._weights_stamp() if restore is None else None
         if reference is not None:
             verify_module.check_build(sn, reference, permuted)
+            verify_module.check_corners(sn, reference)
     return sn

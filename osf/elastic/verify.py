@@ -5,6 +5,9 @@
   input with another batch size (and sequence length, for token inputs) where the model
   takes one. On a mismatch each dim is permuted alone: a dim whose own permutation changes
   the output has a member the analysis missed, and the error names it.
+* Build time (:func:`check_corners`): the smallest config and one sampled config must run
+  on the example inputs (one forward each) and give finite outputs of the original's shapes;
+  a failure names the config and the module that was running.
 * Extract time (:func:`check_extract`): the extracted model must reproduce the supernet at
   its config. On a mismatch each changed dim (and each dropped layer) is extracted alone to
   name the one at fault.
@@ -13,8 +16,9 @@ Tolerances are relative errors by output dtype (:data:`TOLERANCE`).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -143,6 +147,75 @@ def check_build(sn: "Supernet", reference: Reference, permuted: list[str]) -> No
         f"osf.supernet: the largest config differs from the original model (relative error {err:.3g} > {tol:g} on "
         f"{_describe_input(where)}) and no single dim's permutation explains it: is the model deterministic in "
         "eval mode? Report this model; verify=False skips this check")
+
+
+CORNER_SEED = 0  # the sampled config of check_corners: the same on every build
+
+
+def check_corners(sn: "Supernet", reference: Reference) -> None:
+    """Raise :class:`VerificationError` unless the smallest config and one sampled config
+    (:data:`CORNER_SEED`) run on the example inputs and give finite outputs of the shapes the
+    original gives. One forward each: a size the analysis did not see (a number in the model's
+    code, an attribute it could not bind) fails here, at build, rather than in a search."""
+    inputs, want = reference.inputs[0], reference.outputs[0]
+    largest = sn.space.largest()
+    corners = {"smallest": sn.space.smallest(), "sampled": sn.space.sample(CORNER_SEED)}
+    for what, cfg in corners.items():
+        if cfg == largest:
+            continue  # check_build covers it
+        running: list[str] = []
+        try:
+            with sn.use(cfg), _record_running(sn.model, running):
+                got = run(sn.model, inputs)
+        except Exception as e:
+            where = (f" in module {running[-1] or '<the model>'!r} "
+                     f"({type(sn.model.get_submodule(running[-1])).__name__})" if running else "")
+            raise VerificationError(
+                f"osf.supernet: the {what} config fails on the example inputs{where}: {type(e).__name__}: "
+                f"{_first_line(e)}; config {dict(cfg)}. A size the analysis did not see is read there: keep that "
+                "dim whole with space=, or report this model; verify=False skips this check") from e
+        problem = _output_problem(got, want)
+        if problem:
+            raise VerificationError(
+                f"osf.supernet: the {what} config {problem} on the example inputs; config {dict(cfg)}. Keep the dims "
+                "it shrinks whole with space=, or report this model; verify=False skips this check")
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else ""
+
+
+def _output_problem(got: list[torch.Tensor], want: list[torch.Tensor]) -> str:
+    """What is wrong with a subnet's outputs next to the original's: their number or shapes, or
+    non-finite values where the original's are finite ("" when nothing)."""
+    if len(got) != len(want):
+        return f"returns {len(got)} output tensors where the original returns {len(want)}"
+    for i, (a, b) in enumerate(zip(got, want)):
+        if a.shape != b.shape:
+            return f"returns output {i} of shape {tuple(a.shape)} where the original's is {tuple(b.shape)}"
+        if not bool(torch.isfinite(a)[torch.isfinite(b)].all()):
+            return f"returns NaN or infinite values in output {i} where the original's are finite"
+    return ""
+
+
+@contextlib.contextmanager
+def _record_running(model: nn.Module, running: list[str]) -> Iterator[None]:
+    """Within the block, ``running`` is the stack of module paths being executed (innermost last):
+    after an exception it still holds the module that raised it."""
+    handles = []
+    for name, mod in model.named_modules():
+        def enter(_m: nn.Module, _args: Any, name: str = name) -> None:
+            running.append(name)
+
+        def leave(_m: nn.Module, _args: Any, _out: Any) -> None:
+            running.pop()
+        handles.append(mod.register_forward_pre_hook(enter))
+        handles.append(mod.register_forward_hook(leave))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _permutation_culprits(sn: "Supernet", reference: Reference, dims: list[str], tol: float) -> list[str]:
