@@ -120,5 +120,14 @@ def _register_push(app: typer.Typer) -> None:
 
 _register_push(app)
 
+
+def _register_finetune(app: typer.Typer) -> None:
+    from osf.training.finetune_cli import finetune_cmd
+
+    app.command("finetune")(finetune_cmd)
+
+
+_register_finetune(app)
+
 if __name__ == "__main__":
     main()
