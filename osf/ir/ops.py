@@ -391,6 +391,43 @@ def split(ctx: Context, node: fx.Node) -> None:
             for part in parts:  # one size for every part, e.g. split(x.size(-1))
                 if ctx.alg.size_of(part) == ctx.alg.size_of(parts[0]):
                     ctx.bind_source(src, part)
+    _fix_literal_split(ctx, node, parts)
+
+
+_SPLIT_SIZES = {"split": ("split_size_or_sections", "split_size"), "split_with_sizes": ("split_sizes",),
+                "unsafe_split": ("split_size",), "tensor_split": ("indices_or_sections", "sections", "indices"),
+                "hsplit": ("indices_or_sections", "sections", "indices"),
+                "vsplit": ("indices_or_sections", "sections", "indices")}
+
+
+def _fix_literal_split(ctx: Context, node: fx.Node, parts: list[int]) -> None:
+    """Split sizes (or cut points) written as numbers in the model's code
+    (``x.split([self.args.d_inner, self.args.d_inner])`` with the sizes in a plain config object)
+    stay those numbers whatever the input: keep every part whole. Sizes read from tensors or
+    module attributes follow their dims; ``chunk(n)`` and a number of sections cut in
+    proportion and need nothing."""
+    names = _SPLIT_SIZES.get(node.meta["op"])
+    if names is None:
+        return
+    args = _args(node)
+    kwargs = node.meta.get("ckwargs", node.kwargs)
+    key = next((n for n in names if n in kwargs), None)
+    if len(args) > 1:
+        sizes, path = args[1], (1,)
+    elif key is not None:
+        sizes, path = kwargs[key], (key,)
+    else:
+        return
+    sources = node.meta.get("int_sources", {})
+    if isinstance(sizes, (tuple, list)):
+        literal = [i for i, v in enumerate(sizes) if isinstance(v, int) and path + (i,) not in sources]
+        if literal:
+            written = [sizes[i] for i in literal]
+            for part in parts:
+                ctx.alg.fix(part, f"split sizes {written} written in the model's code")
+    elif isinstance(sizes, int) and path not in sources and node.meta["op"] in ("split", "unsafe_split"):
+        for part in parts:
+            ctx.alg.fix(part, f"split size {sizes} written in the model's code")
 
 
 @rule("narrow")
@@ -405,6 +442,11 @@ def narrow(ctx: Context, node: fx.Node) -> None:
         if k != d:
             ctx.unify(xa[k], out[k])
     ctx.slice_axis(xa[d], out[d], start, start + length, 1)
+    sources = node.meta.get("int_sources", {})
+    # a window written as numbers in the model's code stays that window whatever the input
+    written = [v for i, v in ((2, start), (3, length)) if (i,) not in sources and (i, v) != (2, 0)]
+    if written:
+        ctx.alg.fix(xa[d], f"narrow by {written} written in the model's code")
 
 
 @rule("select")
