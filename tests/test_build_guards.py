@@ -274,3 +274,77 @@ def test_the_corner_check_is_skipped_with_verify_false_and_passes_when_the_dims_
     sn = osf.supernet(model, example_inputs=(ids(),), space=pinned)
     with torch.no_grad(), sn.use(sn.space.smallest()):
         assert torch.isfinite(sn.model(ids())).all()
+
+
+# ------------------------------------------------ sizes from a config object in traced code
+@dataclass
+class GLUArgs:
+    d: int = 16
+    h: int = 24
+
+
+class GLU(nn.Module):
+    """A gated MLP whose forward cuts its fused projection with sizes from ``self.args``."""
+
+    def __init__(self, args: GLUArgs, how: str):
+        super().__init__()
+        self.args, self.how = args, how
+        self.norm = nn.LayerNorm(args.d)
+        self.fc1 = nn.Linear(args.d, 2 * args.h)
+        self.fc2 = nn.Linear(args.h, args.d)
+
+    def forward(self, x):
+        h, n = self.fc1(self.norm(x)), self.args.h
+        if self.how == "split":
+            u, g = h.split([n, n], dim=-1)
+        elif self.how == "split_keyword":
+            u, g = torch.split(h, split_size_or_sections=[n, n], dim=-1)
+        elif self.how == "split_int":
+            u, g = h.split(n, dim=-1)
+        else:
+            u, g = h.narrow(-1, 0, n), h.narrow(-1, n, n)
+        return x + self.fc2(u * F.silu(g))
+
+
+class GLUNet(nn.Module):
+    def __init__(self, args: GLUArgs, how: str, per_layer: bool, n_layer: int = 2):
+        super().__init__()
+        self.embed = nn.Embedding(20, args.d)
+        self.layers = nn.ModuleList([GLU(dataclasses.replace(args) if per_layer else args, how)
+                                     for _ in range(n_layer)])
+        self.head = nn.Linear(args.d, 20)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("per_layer", [True, False], ids=["args-per-layer", "args-shared"])
+@pytest.mark.parametrize("how", ["split", "split_keyword", "split_int", "narrow"])
+def test_split_sizes_from_a_config_object_keep_the_width_whole_and_subnets_are_exact(how, per_layer):
+    torch.manual_seed(0)
+    model = GLUNet(GLUArgs(), how, per_layer).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randint(0, 20, (2, 5), generator=torch.Generator().manual_seed(3))
+    sn = osf.supernet(model, example_inputs=(x,))
+    # the numbers in the split are the same whatever the input: the GLU width stays whole
+    assert list(sn.space.dims) == ["hidden"]
+    full = {k: v.detach().clone() for k, v in sn.model.state_dict().items()}
+    for cfg in [sn.space.smallest()] + [sn.space.sample(s) for s in range(3)]:
+        d = cfg["hidden"]
+        kept = [i for i in range(2) if cfg.get(f"layers.{i}", True)]
+        ref = GLUNet(GLUArgs(d=d), how, per_layer=True, n_layer=len(kept)).eval()
+        sd = {"embed.weight": full["embed.weight"][:, :d], "head.weight": full["head.weight"][:, :d],
+              "head.bias": full["head.bias"]}
+        for j, i in enumerate(kept):
+            f = lambda k: full[f"layers.{i}.{k}"]  # noqa: E731
+            sd.update({f"layers.{j}.norm.weight": f("norm.weight")[:d], f"layers.{j}.norm.bias": f("norm.bias")[:d],
+                       f"layers.{j}.fc1.weight": f("fc1.weight")[:, :d], f"layers.{j}.fc1.bias": f("fc1.bias"),
+                       f"layers.{j}.fc2.weight": f("fc2.weight")[:d], f"layers.{j}.fc2.bias": f("fc2.bias")[:d]})
+        ref.load_state_dict(sd, strict=True)
+        with torch.no_grad(), sn.use(cfg):
+            assert rel_err(sn.model(x), ref(x)) < 1e-5, cfg
