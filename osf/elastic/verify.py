@@ -165,9 +165,11 @@ def check_corners(sn: "Supernet", reference: Reference) -> None:
             continue  # check_build covers it
         running: list[str] = []
         try:
-            with sn.use(cfg), _record_running(sn.model, running):
+            with sn.use(cfg):
                 got = run(sn.model, inputs)
         except Exception as e:
+            with contextlib.suppress(Exception), sn.use(cfg), _record_running(sn.model, running):
+                run(sn.model, inputs)  # again, hooked (no cost when it runs): which module raises
             where = (f" in module {running[-1] or '<the model>'!r} "
                      f"({type(sn.model.get_submodule(running[-1])).__name__})" if running else "")
             raise VerificationError(
