@@ -50,10 +50,11 @@ def apply_subnet(model: nn.Module, shapes: Mapping[str, Iterable[int]], attribut
     Raises:
         ValueError: a name that is not in ``model``.
     """
+    holders = _holders(model)  # tied tensors (one object under several names) stay one
     for name, shape in shapes.items():
         local = _local_name(model, name)
         if local is not None:
-            _resize(model, local, tuple(int(s) for s in shape))
+            _resize(model, local, tuple(int(s) for s in shape), holders)
     for a in attributes:
         local = _local_name(model, a["module"], module=True)
         if local is not None:
@@ -214,14 +215,31 @@ def _exists(model: nn.Module, name: str, module: bool) -> bool:
                                                                                      torch.Tensor)
 
 
-def _resize(model: nn.Module, name: str, shape: tuple[int, ...]) -> None:
+def _holders(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
+    """For each parameter and buffer of ``model``: every (module, name) that holds it."""
+    out: dict[int, list[tuple[nn.Module, str]]] = {}
+    for mod in model.modules():
+        for table in (mod._parameters, mod._buffers):
+            for leaf, t in table.items():
+                if t is not None:
+                    out.setdefault(id(t), []).append((mod, leaf))
+    return out
+
+
+def _resize(model: nn.Module, name: str, shape: tuple[int, ...],
+            holders: Mapping[int, list[tuple[nn.Module, str]]]) -> None:
+    """Give tensor ``name`` an uninitialised one of ``shape``, under each name that holds it
+    (tied weights: the description lists only one of them)."""
     owner, _, leaf = name.rpartition(".")
     mod = model.get_submodule(owner) if owner else model
     old = getattr(mod, leaf)
     new = torch.empty(shape, dtype=old.dtype, device=old.device)
     if leaf in mod._parameters:
-        mod._parameters[leaf] = nn.Parameter(new, requires_grad=old.requires_grad)
+        new = nn.Parameter(new, requires_grad=old.requires_grad)
+        for holder, key in holders.get(id(old), [(mod, leaf)]):
+            holder._parameters[key] = new
     elif leaf in mod._buffers:
-        mod._buffers[leaf] = new
+        for holder, key in holders.get(id(old), [(mod, leaf)]):
+            holder._buffers[key] = new
     else:
         setattr(mod, leaf, new)
