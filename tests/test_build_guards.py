@@ -253,6 +253,23 @@ def test_mamba_minimal_subnets_equal_a_smaller_mamba_minimal_built_by_hand(per_l
         assert rel_err(sn.model(x), want_full) < 1e-5
 
 
+@pytest.mark.xfail(strict=True, reason="OSF bug in osf/elastic/io.py load_subnet: load_state_dict(assign=True) unties a "
+                   "user model's tied weights (lm_head.weight = embedding.weight) and the tied names are taken after it, "
+                   "so the tied head is reported missing; fix: take the aliases before loading and re-tie them after")
+def test_a_mamba_minimal_subnet_with_sizes_in_its_args_saves_and_loads(tmp_path):
+    model = make(per_layer=True)
+    x = ids()
+    sn = osf.supernet(model, example_inputs=(x,))
+    cfg = sn.space.sample(4)
+    sub = sn.extract(cfg)
+    osf.save_subnet(sub, tmp_path / "sub")
+    loaded = osf.load_subnet(tmp_path / "sub", model=make(per_layer=True, seed=7))
+    # the loaded layers' own args hold the subnet's sizes (a dotted size attribute: args.d_inner)
+    assert [layer.mixer.args.d_inner for layer in loaded.layers] == [layer.mixer.args.d_inner for layer in sub.layers]
+    with torch.no_grad():
+        assert rel_err(loaded(x), sub(x)) < 1e-6
+
+
 def test_a_model_whose_smallest_config_crashes_is_refused_at_build_naming_config_and_module():
     model = make(per_layer=True, block=ListSizedBlock)
     with pytest.raises(osf.VerificationError) as e:
