@@ -253,9 +253,6 @@ def test_mamba_minimal_subnets_equal_a_smaller_mamba_minimal_built_by_hand(per_l
         assert rel_err(sn.model(x), want_full) < 1e-5
 
 
-@pytest.mark.xfail(strict=True, reason="OSF bug in osf/elastic/io.py load_subnet: load_state_dict(assign=True) unties a "
-                   "user model's tied weights (lm_head.weight = embedding.weight) and the tied names are taken after it, "
-                   "so the tied head is reported missing; fix: take the aliases before loading and re-tie them after")
 def test_a_mamba_minimal_subnet_with_sizes_in_its_args_saves_and_loads(tmp_path):
     model = make(per_layer=True)
     x = ids()

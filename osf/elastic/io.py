@@ -5,7 +5,7 @@ A subnet folder holds the weights (``model.safetensors``), for Hugging Face mode
 and the dropped layers, all in the original model's layout. Where the Hugging Face config can
 express the subnet (uniform sizes), the folder also loads with plain ``from_pretrained``.
 Where it cannot (sizes that differ from layer to layer), the folder also holds the code that
-rebuilds the subnet (:mod:`osf.elastic.portable`, copied as ``osf_portable.py``, and a
+rebuilds the subnet (:mod:`osf.ir.portable`, copied as ``osf_portable.py``, and a
 ``modeling_osf_subnet.py`` of subclasses of the original classes), named in the config's
 ``auto_map``: ``AutoModelFor*.from_pretrained(folder, trust_remote_code=True)`` loads it
 without osf.
@@ -28,7 +28,7 @@ from osf.elastic.validate import (META_ATTR, MODELING_FILE, PORTABLE_FILE, SUBNE
                                   check_saved_folder, prepare_save_folder, read_meta, read_safetensors)
 from osf.errors import InputTypeError
 from osf.ir import portable
-from osf.ir.apply import is_non_persistent, tied_names
+from osf.ir.apply import get_tensor, is_non_persistent, tied_names
 
 META_FILE = SUBNET.meta_file
 WEIGHTS_FILE = "model.safetensors"
@@ -141,9 +141,19 @@ def load_subnet(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         if k in expected and tuple(expected[k].shape) != tuple(v.shape):
             raise ValueError(f"{path}: tensor {k!r} has shape {tuple(v.shape)}, the subnet description says "
                              f"{tuple(expected[k].shape)}")
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    groups = _tied_groups(model)  # tied tensors: assign=True below would untie them
     tied = tied_names(model)
-    missing = [k for k in missing if k not in tied and not is_non_persistent(model, k)]
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    covered: set[str] = set()  # every name of a tied tensor the file holds under one of them
+    for names in groups:
+        loaded = [n for n in names if n in state]
+        if loaded:
+            covered.update(names)
+        if len(loaded) == 1:  # saved once: tie the others to it again (several saved: each keeps its own)
+            for alias in names:
+                if alias != loaded[0]:
+                    _set_parameter(model, alias, get_tensor(model, loaded[0]))
+    missing = [k for k in missing if k not in tied and k not in covered and not is_non_persistent(model, k)]
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not match the subnet: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
@@ -177,6 +187,19 @@ def _copy_fields(dst: Any, src: Any) -> None:
             setattr(dst, key, value)
 
 
+def _tied_groups(model: nn.Module) -> list[list[str]]:
+    """The names of each parameter held under more than one name."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return [group for group in names.values() if len(group) > 1]
+
+
+def _set_parameter(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    owner, _, leaf = name.rpartition(".")
+    (model.get_submodule(owner) if owner else model)._parameters[leaf] = tensor
+
+
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     files = sorted(path.glob("*.safetensors"))
     if not files:
@@ -193,7 +216,7 @@ _SKIP_FIELDS = ("architectures", "auto_map", portable.SPEC_KEY)
 
 def _write_portable_code(model: nn.Module, meta: dict[str, Any], path: Path) -> None:
     """Make the folder load with ``AutoModelFor*.from_pretrained(path, trust_remote_code=True)``:
-    write ``osf_portable.py`` (a verbatim copy of :mod:`osf.elastic.portable`), a
+    write ``osf_portable.py`` (a verbatim copy of :mod:`osf.ir.portable`), a
     ``modeling_osf_subnet.py`` subclassing the original classes, and in ``config.json`` the
     subnet's description (``osf_subnet``) and the ``auto_map`` naming those classes."""
     cls = type(model)

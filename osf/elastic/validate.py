@@ -337,7 +337,7 @@ def _field_for(model: nn.Module, config: Any, tensor: str, want: tuple) -> str |
 # ------------------------------------------------------------------ saving a subnet
 META_ATTR = "_osf_subnet"  # an extracted subnet's description, written next to its weights by save_subnet
 MODELING_FILE = "modeling_osf_subnet.py"  # a per-layer subnet's classes, for from_pretrained(trust_remote_code=True)
-PORTABLE_FILE = "osf_portable.py"  # the code they rebuild the subnet with: a copy of osf.elastic.portable
+PORTABLE_FILE = "osf_portable.py"  # the code they rebuild the subnet with: a copy of osf.ir.portable
 #: What osf and Hugging Face write into a model folder (and what a stale copy would leave).
 MODEL_FILES = ("config.json", "generation_config.json", "osf_subnet.json", MODELING_FILE, PORTABLE_FILE,
                "README.md", "osf_search.json", "pareto.png", "tokenizer.json",
