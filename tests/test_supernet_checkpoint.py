@@ -345,7 +345,8 @@ def test_extract_rebuilds_a_plain_models_supernet_from_the_recorded_config(tmp_p
                               "--trials", "2", "--out", str(out)])
     assert res.exit_code == 0, res.output
     spec = json.loads((out / "run.json").read_text())
-    assert spec["supernet_config"] == osf.SupernetConfig().to_dict()
+    drawn = spec["supernet_config"]["calibration_batches"]  # osf search ranks on the task's training images
+    assert drawn and spec["supernet_config"] == osf.SupernetConfig(calibration_batches=drawn).to_dict()
     seen = []
     real = osf.supernet
 
@@ -358,4 +359,4 @@ def test_extract_rebuilds_a_plain_models_supernet_from_the_recorded_config(tmp_p
     (out / "run.json").write_text(json.dumps(spec))
     res = runner.invoke(app, ["extract", str(out), "--trial", "0", "--out", str(tmp_path / "sub")])
     assert res.exit_code == 0, res.output
-    assert seen == [osf.SupernetConfig(verify=False)]
+    assert seen == [osf.SupernetConfig(verify=False, calibration_batches=drawn)]

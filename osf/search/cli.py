@@ -318,7 +318,8 @@ def calibration_batches(evaluator: Any, n: int | None, task: str) -> list[Any] |
 
     if n == 0:
         return None
-    batches = resolve_calibration(evaluator, DEFAULT_CALIBRATION if n is None else n)
+    has_data = callable(getattr(evaluator, "calibration_batches", None))
+    batches = resolve_calibration(evaluator, DEFAULT_CALIBRATION if n is None else n) if has_data else None
     if not batches and n is None:
         return None
     if not batches:
