@@ -182,8 +182,7 @@ def report(results: dict[str, Any], command: str, total: dict[str, float], clock
     for r in results.values():
         better = "lower" if r["better"] == "lower" else "higher"
         out += [f"## {r['info']['model']}", "", f"Test {r['metric']} ({better} is better).", "", table(r), ""]
-    out += ["## Time per stage", "", "| stage | wall s | CPU s |", "|---|---|---|"]
-    out += [f"| {k} | {v['wall_s']:.1f} | {v['cpu_s']:.1f} |" for k, v in clock.stages.items()]
+    out += clock.table()
     return "\n".join(out) + "\n"
 
 

@@ -405,10 +405,7 @@ def report(results: dict[str, Any], settings: dict[str, Any], seeds: list[int], 
                        + "; ".join(str(r.get(str(f), {}).get("depths")) for r in seeds_) + ".")
         out.append(f"- OSF supernet build with calibration: {res['osf_build_s']:.1f} s.")
         out.append("- data: " + json.dumps({k: v for k, v in res["info"].items() if k != "model"}))
-    out += ["", "## Time per stage", "", "| stage | wall s | CPU s |", "|---|---|---|"]
-    for name, s in clock.stages.items():
-        out.append(f"| {name} | {s['wall_s']:.1f} | {s['cpu_s']:.1f} |")
-    out.append("")
+    out += ["", *clock.table(), ""]
     return "\n".join(out)
 
 

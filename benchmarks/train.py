@@ -82,6 +82,11 @@ class Clock:
                 s["cpu_s"] += time.process_time() - self.c
         return _Stage()
 
+    def table(self) -> list[str]:
+        """The "Time per stage" section of a report, as markdown lines."""
+        return ["## Time per stage", "", "| stage | wall s | CPU s |", "|---|---|---|",
+                *(f"| {name} | {s['wall_s']:.1f} | {s['cpu_s']:.1f} |" for name, s in self.stages.items())]
+
 
 # ============================================================================ tasks
 class Task:
@@ -549,10 +554,7 @@ def report(results: dict[str, Any], settings: dict[str, Any], seeds: list[int], 
                            f"fraction {ms.get('width_fraction')}")
         out.append("- baselines: " + "; ".join(details) + ".")
         out.append("- data: " + json.dumps({k: v for k, v in res["info"].items() if k not in ("model",)}))
-    out += ["", "## Time per stage", "", "| stage | wall s | CPU s |", "|---|---|---|"]
-    for name, s in clock.stages.items():
-        out.append(f"| {name} | {s['wall_s']:.1f} | {s['cpu_s']:.1f} |")
-    out.append("")
+    out += ["", *clock.table(), ""]
     return "\n".join(out)
 
 

@@ -8,31 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 import osf
-from osf.cli import app
+from tests.cli_tools import invoke, ok, one_line_error
 from tests.test_evaluators import write_cifar
 
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def ok(res) -> str:
-    assert res.exit_code == 0, res.output
-    return res.stdout
-
-
-def one_line_error(res, *needles: str) -> str:
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

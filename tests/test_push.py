@@ -14,29 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-from typer.testing import CliRunner
 
-from osf.cli import app
 from tests.hub_standin import HubStandIn, card_metadata_errors
+from tests.cli_tools import invoke, one_line_error
 from tests.test_evaluators import write_cifar
 
-runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_standin_write_token"
-
-
-def invoke(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(res, *needles: str) -> str:
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def tree(folder: Path) -> dict[str, bytes]:
