@@ -6,7 +6,10 @@ For a random-init Mamba at the 130M configuration (batch 1, 256 tokens) and ViT-
 (batch 8): forward time of the supernet at a config / forward time of the extracted
 subnet (largest, smallest, 3 random configs), without gradients and as a training step
 (forward + backward; the supernet's gradients flow into its shared full weights), config
-switch time, extraction time, and peak memory of building the supernet / memory of the model.
+switch time (``sn.set_config`` over 20 sampled configs, each visited once before timing; also
+with ``sn.split_views = False``, the former path that gathers Mamba's ``[x | z]`` slices into
+copies, in the same run), extraction time, and peak memory of building the supernet / memory
+of the model.
 """
 from __future__ import annotations
 
@@ -93,7 +96,8 @@ def main() -> None:
                 "extracted ms", "ratio "):
         fwd.add_column(col, justify="left" if col in ("model", "config") else "right")
     ops = Table(title="switch, extraction and memory")
-    for col in ("model", "switch ms", "extract s", "model MB", "peak RSS while building / model RSS"):
+    for col in ("model", "switch ms", "switch ms (gathered)", "extract s", "model MB",
+                "peak RSS while building / model RSS"):
         ops.add_column(col, justify="left" if col == "model" else "right")
     repeats = 3 if args.quick else 5
     for name in ("mamba", "vit"):
@@ -116,20 +120,23 @@ def main() -> None:
             del sub
             gc.collect()
         cfgs = [sn.space.sample(100 + s) for s in range(20)]
-        for c in cfgs:  # first visit fills the view cache
-            sn.set_config(c)
-        t0 = time.perf_counter()
-        for _ in range(5):
-            for c in cfgs:
+        switch_ms = {}
+        for split in (False, True):
+            sn.split_views = split
+            for c in cfgs:  # first visit fills the view cache
                 sn.set_config(c)
-        switch_ms = (time.perf_counter() - t0) / (5 * len(cfgs)) * 1e3
+            t0 = time.perf_counter()
+            for _ in range(5):
+                for c in cfgs:
+                    sn.set_config(c)
+            switch_ms[split] = (time.perf_counter() - t0) / (5 * len(cfgs)) * 1e3
         t0 = time.perf_counter()
         sn.extract(sn.space.sample(7))
         extract_s = time.perf_counter() - t0
         out = subprocess.run([sys.executable, __file__, "--memory-child", name] + (["--quick"] if args.quick else []),
                              capture_output=True, text=True, check=True).stdout.split()
         model_mb, model_rss, build_rss = (float(x) for x in out[-3:])
-        ops.add_row(name, f"{switch_ms:.2f}", f"{extract_s:.2f}", f"{model_mb:.0f}",
+        ops.add_row(name, f"{switch_ms[True]:.2f}", f"{switch_ms[False]:.2f}", f"{extract_s:.2f}", f"{model_mb:.0f}",
                     f"{build_rss / model_rss:.2f}")
         del sn, model
         gc.collect()

@@ -3,7 +3,8 @@
 The model is changed *in place* (like PEFT's injection): its channels are reordered by
 importance with a function-preserving permutation, so every subnet is a prefix of every
 dim. Setting a config swaps each affected parameter for a slice of the full one (a view
-where the kept channels are contiguous), sets the recorded size attributes
+where the kept channels are contiguous; views of each run, as a :class:`LinearRuns`, where a
+Linear keeps several runs of its output rows, like Mamba's ``[x | z]``), sets the recorded size attributes
 (``num_heads``, ``intermediate_size``...) and replaces dropped layers by a skip. The
 model's own forward then runs the subnet, so outputs, ``generate()`` and lm-eval's
 ``HFLM(pretrained=sn.model)`` work unchanged. Pass ``copy=True`` to keep the original.
@@ -96,6 +97,9 @@ class Supernet(nn.Module):
         for alias in ir.tied:
             owners.add(alias.rpartition(".")[0])
         self._modules_by_path = {p: model.get_submodule(p) if p else model for p in sorted(owners)}
+        self._dim_sizes = {d.name: d.size for d in ir.dims.values()}
+        self._full_keys = {name: tuple(self._dim_sizes[d] for d in dims) for name, dims in self._tensor_dims.items()}
+        self._block_slots = [(b.name, model.get_submodule(b.stack) if b.stack else model, b.index) for b in ir.blocks]
         self._read_full_weights()
         self.config: Config = space.largest()
         # a tensor someone changes in place (an optimizer step) makes its slices stale: the
@@ -106,6 +110,14 @@ class Supernet(nn.Module):
         """(Re)read the shared full tensors from the model (at the largest config) and register
         every parameter once, under the model's own names."""
         self._full: dict[str, torch.Tensor] = {name: get_tensor(self.model, name) for name in self.ir.tensor_axes}
+        # where each tensor is installed: (its module's _parameters or _buffers, leaf), ties included
+        self._slots: dict[str, list[tuple[dict, str]]] = {}
+        for name in self._tensor_dims:
+            for n in [name] + self._aliases.get(name, []):
+                owner, _, leaf = n.rpartition(".")
+                mod = self._modules_by_path[owner]
+                self._slots.setdefault(name, []).append(
+                    (mod._parameters if leaf in mod._parameters else mod._buffers, leaf))
         self._slices: dict[tuple, _Slice] = {}  # (name, sizes) -> its slice
         self._plans: dict[tuple, list[tuple[int, torch.Tensor]]] = {}  # (name, sizes) -> [(axis, kept positions)]
         self._gathered_bytes = 0
@@ -115,6 +127,7 @@ class Supernet(nn.Module):
         self._installed: dict[str, tuple[tuple, torch.Tensor]] = {}  # name -> (sizes, installed tensor)
         self._live: list[str] = []  # installed names that hold a slice, not the full tensor
         self._autograd = False  # which form of the slices is installed (see _Slice)
+        self._split_views = getattr(self, "_split_views", True)
         self._trainable = any(t.requires_grad for t in self._full.values())
         self._parameters.clear()
         seen: set[int] = set()
@@ -187,17 +200,15 @@ class Supernet(nn.Module):
         cfg = self.space.validate(cfg)
         sizes = {d: cfg[d] for d in self.space.dims}
         self._autograd = False  # between forwards the model holds Parameters, as HF utilities expect
+        every = {**self._dim_sizes, **sizes}
         for name, dims in self._tensor_dims.items():
-            key = tuple(sizes.get(d, self.ir.dims[d].size) for d in dims)
-            self._install(name, key)
+            self._install(name, tuple([every[d] for d in dims]))
         self._live = [name for name, (_, tensor) in self._installed.items() if tensor is not self._full[name]]
         apply_attributes(self.ir, sizes, self.model, self._modules_by_path)
-        for b in self.ir.blocks:
-            parent = self.model.get_submodule(b.stack) if b.stack else self.model
-            keep = cfg.get(b.name, True)
-            want = self._layers[b.name] if keep else self._skip(b.name)
-            if parent[b.index] is not want:
-                parent[b.index] = want
+        for name, parent, index in self._block_slots:
+            want = self._layers[name] if cfg.get(name, True) else self._skip(name)
+            if parent[index] is not want:
+                parent[index] = want
         self.config = cfg
 
     def refresh(self) -> None:
@@ -234,7 +245,7 @@ class Supernet(nn.Module):
     def _install(self, name: str, key: tuple) -> None:
         """Put the slice of ``name`` for ``key`` in its module (and in those that tie it)."""
         full = self._full[name]
-        if all(k == self.ir.dims[d].size for d, k in zip(self._tensor_dims[name], key)):
+        if key == self._full_keys[name]:
             tensor = full
         else:
             piece = self._slices.get((name, key))
@@ -245,20 +256,17 @@ class Supernet(nn.Module):
         if installed is not None and installed[1] is tensor:
             return
         self._installed[name] = (key, tensor)
-        for n in [name] + self._aliases.get(name, []):
-            owner, _, leaf = n.rpartition(".")
-            mod = self._modules_by_path[owner]
-            if leaf in mod._parameters:
-                mod._parameters[leaf] = tensor
-            else:
-                mod._buffers[leaf] = tensor
+        for slots, leaf in self._slots[name]:
+            slots[leaf] = tensor
 
     def _take_slice(self, name: str, key: tuple) -> "_Slice":
         """Slice the full tensor ``name`` to ``key`` (the sizes of its dims) and cache it.
 
-        A contiguous prefix is a view of the shared storage; a slice that keeps several
-        sub-ranges (both halves of a fused projection) is gathered, i.e. copied, within a
-        memory budget, and taken again once the full tensor changes.
+        A contiguous prefix is a view of the shared storage; several runs of a Linear's output
+        rows (both halves of a fused projection) are a :class:`LinearRuns` of views (with
+        ``split_views``, the default); any other slice that keeps several sub-ranges is
+        gathered, i.e. copied, within a memory budget, and taken again once the full tensor
+        changes.
         """
         full = self._full[name]
         cache_key = (name, key)
@@ -270,11 +278,21 @@ class Supernet(nn.Module):
             plan = [(axis, pos) for axis in range(full.dim())
                     if (pos := self.ir.positions(name, axis, sel)) is not None]
             self._plans[cache_key] = plan
+        runs = self._linear_runs(name, plan) if self._split_views else None
         view, gathered = full, False
         with torch.inference_mode(False), torch.set_grad_enabled(full.requires_grad):
             for axis, pos in plan:
-                view, copied = select_positions(view, axis, pos)
-                gathered |= copied
+                if runs is None or axis != 0:
+                    view, copied = select_positions(view, axis, pos)
+                    gathered |= copied
+            if runs is not None:
+                parts = [view.narrow(0, start, length) for start, length in runs]
+        if runs is not None:  # views only: no copy; F.linear runs one matmul per part
+            piece = _Slice(LinearRuns(parts, requires_grad=False),
+                           LinearRuns([p.detach() for p in parts], requires_grad=full.requires_grad),
+                           full._version, 0)
+            self._slices[cache_key] = piece
+            return piece
         plain = view.detach()
         if isinstance(full, nn.Parameter):
             plain = nn.Parameter(plain, requires_grad=full.requires_grad)
@@ -290,6 +308,44 @@ class Supernet(nn.Module):
                 if old != cache_key and self._installed.get(old[0], (None,))[0] != old[1]:
                     self._forget(old)
         return piece
+
+    def _linear_runs(self, name: str, plan: list[tuple[int, torch.Tensor]]) -> list[tuple[int, int]] | None:
+        """The contiguous runs ``(start, length)`` kept along axis 0 of ``name`` when that slice
+        can be a :class:`LinearRuns` (several runs along a Linear's output rows, every other
+        axis a prefix, every module holding it a Linear); else None (the slice is gathered)."""
+        runs = None
+        for axis, pos in plan:
+            n = pos.numel()
+            prefix = n == 0 or (int(pos[0]) == 0 and int(pos[-1]) == n - 1 and bool((pos.diff() == 1).all()))
+            if prefix:
+                continue
+            if axis != 0:
+                return None
+            breaks = (torch.nonzero(pos.diff() != 1).flatten() + 1).tolist()
+            runs = [(int(pos[a]), b - a) for a, b in zip([0] + breaks, breaks + [n])]
+        if runs is None or not isinstance(self._full[name], nn.Parameter):
+            return None
+        for n in [name] + self._aliases.get(name, []):
+            owner, _, leaf = n.rpartition(".")
+            if not (isinstance(self._modules_by_path[owner], nn.Linear) and leaf in ("weight", "bias")):
+                return None
+        return runs
+
+    @property
+    def split_views(self) -> bool:
+        """Whether a slice that keeps several runs of a Linear's output rows (Mamba's ``[x | z]``
+        ``in_proj``, a fused qkv) is kept as views, one matmul per run (default True), or gathered
+        into a copy (False: the former path, slower to switch; for comparison)."""
+        return self._split_views
+
+    @split_views.setter
+    def split_views(self, value: bool) -> None:
+        self._split_views = bool(value)
+        self._slices.clear()
+        self._gathered.clear()
+        self._gathered_bytes = 0
+        self._installed.clear()
+        self.set_config(self.config)
 
     def _forget(self, cache_key: tuple) -> None:
         self._gathered_bytes -= self._slices.pop(cache_key).nbytes
@@ -477,6 +533,96 @@ class _Slice(NamedTuple):
     plain: torch.Tensor
     version: int  # the full tensor's version when sliced
     nbytes: int  # memory it holds of its own (a gathered copy), else 0
+
+
+# what a LinearRuns answers from its shape alone, without gathering its runs
+_METADATA = {torch.Tensor.size, torch.Tensor.dim, torch.Tensor.numel, torch.Tensor.nelement,
+             torch.Tensor.element_size, torch.Tensor.is_floating_point, torch.Tensor.is_complex,
+             torch.Tensor.__hash__, torch.Tensor.requires_grad_, torch.Tensor.__len__}
+_METADATA |= {getattr(torch.Tensor, a).__get__ for a in (
+    "shape", "dtype", "device", "ndim", "layout", "requires_grad", "is_leaf", "grad", "grad_fn", "is_cuda",
+    "is_meta", "is_sparse", "is_quantized", "is_nested") if hasattr(torch.Tensor, a)}
+_METADATA |= {torch.Tensor.grad.__set__, torch.Tensor.requires_grad.__set__}
+
+
+class LinearRuns(nn.Parameter):
+    """A slice of a Linear's weight (or bias) that keeps several contiguous runs of its output
+    rows, held as views of the shared tensor, one per run: no copy when a config is set.
+
+    It behaves as the gathered tensor (``torch.cat(parts)``) of that shape: ``F.linear`` with it
+    runs one matmul per run and concatenates the outputs (each output column is the same dot
+    product as with the gathered weight, and gradients flow through the views into the shared
+    tensor); shape and dtype queries answer from its shape; any other operation runs on the
+    gathered copy, taken for that call. In-place changes are refused (they would be lost):
+    change the shared tensor (``sn.full(name)``) instead.
+    """
+
+    parts: tuple[torch.Tensor, ...]
+
+    def __new__(cls, parts: Iterable[torch.Tensor], requires_grad: bool = False) -> "LinearRuns":
+        parts = tuple(parts)
+        first = parts[0]
+        shape = (sum(p.shape[0] for p in parts),) + tuple(first.shape[1:])
+        if any(tuple(p.shape[1:]) != shape[1:] for p in parts):
+            raise ValueError(f"LinearRuns parts must agree beyond axis 0, got {[tuple(p.shape) for p in parts]}")
+        stand_in = torch.zeros((), dtype=first.dtype, device=first.device).expand(shape)  # no memory
+        self = torch.Tensor._make_subclass(cls, stand_in, requires_grad)
+        self.parts = parts
+        return self
+
+    def gathered(self) -> torch.Tensor:
+        """The slice as one tensor (a copy; inside autograd when the parts are)."""
+        return torch.cat(self.parts, dim=0)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _METADATA:
+            return super().__torch_function__(func, types, args, kwargs)
+        if func is torch.nn.functional.linear:
+            out = _linear_over_runs(*args, **kwargs)
+            if out is not None:
+                return out
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and not name.endswith("__") or kwargs.get("out") is not None:
+            raise RuntimeError(f"{name}: a supernet slice made of several runs of a shared weight cannot be "
+                               "changed in place; change the shared tensor (sn.full(name)) instead")
+        args, kwargs = _gather_runs((args, kwargs))
+        return func(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict) -> nn.Parameter:
+        if id(self) not in memo:
+            memo[id(self)] = nn.Parameter(self.gathered().detach().clone(), requires_grad=self.requires_grad)
+        return memo[id(self)]
+
+    def __reduce_ex__(self, protocol):
+        return (nn.Parameter, (self.gathered().detach(), self.requires_grad))
+
+
+def _gather_runs(obj: Any) -> Any:
+    if isinstance(obj, LinearRuns):
+        return obj.gathered()
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_gather_runs(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _gather_runs(v) for k, v in obj.items()}
+    return obj
+
+
+def _linear_over_runs(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+                      ) -> torch.Tensor | None:
+    """``F.linear`` over a :class:`LinearRuns` weight: one matmul per run; None if ``weight``
+    is not one (the caller gathers)."""
+    if not isinstance(weight, LinearRuns) or isinstance(input, LinearRuns):
+        return None
+    sizes = [p.shape[0] for p in weight.parts]
+    if isinstance(bias, LinearRuns) and [p.shape[0] for p in bias.parts] == sizes:
+        biases = list(bias.parts)
+    elif bias is None:
+        biases = [None] * len(sizes)
+    else:
+        biases = list(_gather_runs(bias).split(sizes))
+    return torch.cat([torch.nn.functional.linear(input, w, b) for w, b in zip(weight.parts, biases)], dim=-1)
 
 
 class _RefreshSlices:
