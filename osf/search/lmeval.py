@@ -302,17 +302,18 @@ def _causal_loglikelihood(lm: Any, requests: list[tuple[Any, list[int], list[int
     re_ord = Collator(requests, sort_fn=order, group_by="contexts" if lm.logits_cache else None,
                       group_fn=lambda req: req[-2] + req[-1][:-1])
     softmax_dtype = getattr(lm, "softmax_dtype", None)
+    max_length = lm.max_length  # a property that resolves the length from the config at every read
     res: list[tuple[float, bool]] = []
     for chunk in re_ord.get_batched(n=lm.batch_size, batch_fn=None):
         inps = []
         for _, context_enc, continuation_enc in chunk:
-            if not context_enc or not continuation_enc or len(continuation_enc) > lm.max_length:
+            if not context_enc or not continuation_enc or len(continuation_enc) > max_length:
                 raise ValueError("an lm-eval request has an empty context or continuation, or a continuation longer "
-                                 f"than the model's maximum length {lm.max_length}")
-            if len(context_enc) + len(continuation_enc) > lm.max_length + 1:
+                                 f"than the model's maximum length {max_length}")
+            if len(context_enc) + len(continuation_enc) > max_length + 1:
                 logging.getLogger("lm_eval.models.huggingface").warning(
-                    "a request is longer than the model's maximum length %d: truncated from the left", lm.max_length)
-            inps.append(torch.tensor((context_enc + continuation_enc)[-(lm.max_length + 1):][:-1], dtype=torch.long,
+                    "a request is longer than the model's maximum length %d: truncated from the left", max_length)
+            inps.append(torch.tensor((context_enc + continuation_enc)[-(max_length + 1):][:-1], dtype=torch.long,
                                      device=lm.device))
         inplens = [len(inp) for inp in inps]  # before pad_and_concat, which pads the list's tensors in place
         padding_len = max(inplens)
@@ -354,6 +355,18 @@ def _quiet_hflm_class():
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             return super().loglikelihood(requests, disable_tqdm=True)
+
+        def get_model_info(self) -> dict:
+            if isinstance(self.pretrained, str):
+                return super().get_model_info()
+            # a live model object has no Hub revision: lm-eval would ask the Hub about the object (and
+            # format its whole repr into a debug message) at every evaluation, to report "" anyway
+            pretrained, self.pretrained = self.pretrained, ""
+            try:
+                info = super().get_model_info()
+            finally:
+                self.pretrained = pretrained
+            return info
 
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
             if self.backend != "causal" or self.batch_size == "auto" or override_bs is not None:
