@@ -99,12 +99,16 @@ class Reference:
 
     @classmethod
     def from_trace(cls, meta: Mapping[str, Any]) -> "Reference":
-        """The outputs the trace recorded on :func:`trace_inputs`, so the guard costs no
-        extra forward of the original model."""
+        """The original model's outputs on :func:`trace_inputs`: those a trace on real tensors
+        recorded (no extra forward), else one forward of the model per input (call it before the
+        weights are reordered)."""
+        inputs = trace_inputs(meta)
+        if meta.get("example_outputs") is None:  # a trace on fake tensors computed no values
+            return cls(inputs, [run(meta["model"], inp) for inp in inputs])
         outputs = [output_tensors(meta["example_outputs"])]
         if meta.get("shape_check") is not None:
             outputs.append(output_tensors(meta["shape_check"][2]))
-        return cls(trace_inputs(meta), outputs)
+        return cls(inputs, outputs)
 
     def worst(self, model: nn.Module) -> tuple[float, float, int]:
         """(relative error, tolerance, index of the worst input) of ``model`` against the reference."""

@@ -18,6 +18,7 @@ import contextlib
 import linecache
 import operator
 import os
+import sys
 import traceback
 import weakref
 from dataclasses import dataclass, field
@@ -26,9 +27,12 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 import torch.fx as fx
 from torch import nn
+import torch.utils._pytree as pytree
+from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
 import osf.ir.rules as module_rules
+from osf.ir.context import relative_path
 
 _TENSOR_METHODS = {name for name in dir(torch.Tensor)}
 # Calls that neither compute tensors nor sizes that vary with the input: not recorded.
@@ -39,6 +43,16 @@ _PASS_THROUGH = {"dim", "__len__", "is_floating_point", "is_complex", "element_s
 
 class TraceError(RuntimeError):
     """Tracing could not capture the model faithfully; the message says where and what to do."""
+
+
+# From this size on ``trace`` runs on fake tensors by default: below it a real forward on the
+# example inputs costs less than the meta device's per-op overhead (and checks values too).
+FAKE_FROM_PARAMS = 10_000_000
+
+
+class NeedsRealValues(Exception):
+    """A trace on fake tensors met something only real values decide (a Python branch on a value,
+    an op whose output shape depends on values, a tensor the model caches); the message says where."""
 
 
 # --------------------------------------------------------------------------------------
@@ -227,6 +241,9 @@ class _Recorder(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in ("__bool__", "item", "tolist", "__int__", "__float__", "__index__", "numpy", "__array__",
                     "__contains__"):
+            if tracer.fake:
+                raise NeedsRealValues(f"a Python decision reads a tensor's value ({name}) in module "
+                                      f"{relative_path(tracer.current_module)!r} at {_user_location()}")
             tracer.note_guard(args[0] if args else None, name)
             return func(*args, **kwargs)
         if name in _PASS_THROUGH:
@@ -250,8 +267,11 @@ def tensor_attr(x: torch.Tensor, name: str) -> Any:
 class Tracer:
     """Records one concrete run of a module into an fx Graph. Use :func:`trace`."""
 
-    def __init__(self, root: nn.Module):
+    def __init__(self, root: nn.Module, fake: bool = False):
         self.root = root
+        self.fake = fake  # running on the meta device: shapes only, no values
+        self.rule_leaf_outputs = _RuleLeafOutputs() if fake else None
+        self.device = next((t.device for t in root.parameters()), torch.device("cpu"))  # where the graph runs
         self.graph = fx.Graph()
         self.state = _State()
         self.recording = False
@@ -273,8 +293,16 @@ class Tracer:
         self.carries_extra_outputs: set[str] = set()  # modules returning (x, something read later, ...)
         self.extra_output_nodes: dict[str, list[fx.Node]] = {}
         self.size_comparisons: list[tuple[Any, Any, bool]] = []  # (source, source, equal) of == / != on sizes
+        self.leaves: dict[int, bool] = {}  # id(module) -> is_leaf(module)
 
     # ----------------------------------------------------------------- helpers
+    def is_leaf(self, module: nn.Module) -> bool:
+        """:func:`is_leaf`, asked once per module (the rules probe parameters)."""
+        known = self.leaves.get(id(module))
+        if known is None:
+            known = self.leaves[id(module)] = is_leaf(module)
+        return known
+
     @property
     def current_module(self) -> str:
         return self.state.module_stack[-1]
@@ -298,6 +326,13 @@ class Tracer:
             node.meta["param"] = name
         else:
             # A tensor born outside torch's API (numpy, a cached attribute): a constant.
+            if t.is_meta and not self.fake:
+                raise TraceError(f"module {relative_path(self.current_module)!r} uses a tensor on the meta device that "
+                                 "no recorded op made (a cache filled on fake tensors?): trace with fake=False and "
+                                 "report this model")
+            if self.fake:
+                raise NeedsRealValues(f"a tensor computed outside the recorded ops is used in module "
+                                      f"{relative_path(self.current_module)!r}")
             name = f"_osf_const_{len(self.constants)}"
             self.constants[name] = t.detach()
             node = self.graph.get_attr(name)
@@ -455,9 +490,12 @@ class Tracer:
                 return original(module, *args, **kwargs)
             tracer.state.paused += 1
             try:
-                leaf = bool(path) and is_leaf(module)
+                leaf = bool(path) and tracer.is_leaf(module)
                 if leaf:
-                    out = original(module, *args, **kwargs)
+                    if tracer.rule_leaf_outputs is not None:
+                        out = tracer.rule_leaf_outputs.call(module, original, args, kwargs)
+                    else:
+                        out = original(module, *args, **kwargs)
                     return tracer.record_module(module, path, args, kwargs, out)
             finally:
                 tracer.state.paused -= 1
@@ -661,15 +699,21 @@ class _Wrapper(nn.Module):
 # --------------------------------------------------------------------------------------
 # Public entry point
 # --------------------------------------------------------------------------------------
-def trace(model: nn.Module, example_inputs: Any = None, *, check: bool = True) -> fx.GraphModule:
+def trace(model: nn.Module, example_inputs: Any = None, *, check: bool = True,
+          fake: bool | None = None) -> fx.GraphModule:
     """Trace ``model`` into a ``torch.fx.GraphModule`` by running it on example inputs.
 
     Args:
         model: any ``nn.Module``; Hugging Face models get default inputs from their config.
         example_inputs: a tensor, a tuple of positional inputs, or a dict of keyword inputs.
-        check: re-run model and graph on fresh random inputs of the same shapes and raise
-            :class:`TraceError` (naming the module and source line of any value-dependent
-            Python decision) if they disagree.
+        check: re-run model and graph on an input of another batch size (and length) and raise
+            :class:`TraceError` if they disagree (on real inputs also on fresh values, naming the
+            module and source line of any value-dependent Python decision).
+        fake: run on fake tensors: the meta device, shapes and dtypes only (no compute, no
+            activation memory). ``None`` (default): fake for models of :data:`FAKE_FROM_PARAMS`
+            parameters and more where the model decides on shapes only, real otherwise
+            (``gm.meta["osf"]["real_because"]`` says why, e.g. where a value was read); ``True``:
+            fake or :class:`TraceError`; ``False``: real tensors.
 
     Returns:
         A GraphModule whose submodule ``model`` is ``model`` itself (no copies); calling it
@@ -681,36 +725,56 @@ def trace(model: nn.Module, example_inputs: Any = None, *, check: bool = True) -
     if example_inputs is None:
         example_inputs = default_inputs(model)
     args, kwargs = normalize_inputs(example_inputs)
-    tensor_kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
-    static = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
-    static = {**static_kwargs_for(model), **static}
-    wrapper = _Wrapper(model, static)
-
-    tracer = Tracer(wrapper)
-    placeholders = []
     for i, a in enumerate(args):
         if not isinstance(a, torch.Tensor):
             raise TraceError(f"positional example input {i} is a {type(a).__name__}; pass tensors, or non-tensor "
                              "options as keyword inputs")
+    tensor_kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+    static = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
+    static = {**static_kwargs_for(model), **static}
+    n_params = sum(p.numel() for p in model.parameters())
+    real_because = None if fake is not None or n_params >= FAKE_FROM_PARAMS else (
+        f"a small model ({n_params:,} parameters < {FAKE_FROM_PARAMS:,}): computing is cheaper than faking")
+    if fake or (fake is None and real_because is None):
+        try:
+            return _trace_fake(model, _Wrapper(model, static), args, tensor_kwargs, check)
+        except NeedsRealValues as e:
+            if fake:
+                raise TraceError(f"the model cannot be traced on fake tensors: {e}. Pass fake=None to trace it on "
+                                 "real tensors there") from e
+            real_because = str(e)
+    gm = _trace_real(model, _Wrapper(model, static), args, tensor_kwargs, check)
+    gm.meta["osf"]["real_because"] = real_because
+    return gm
+
+
+def _record_run(tracer: Tracer, model: nn.Module, wrapper: nn.Module, args: tuple, kwargs: dict,
+                modes: tuple = ()) -> dict:
+    """One recorded run of ``wrapper`` on ``args``/``kwargs`` (placeholders made here); its outputs."""
+    for i, a in enumerate(args):
         p = tracer.graph.placeholder(f"arg{i}")
         tracer._meta(p, a)
         tracer.env[id(a)] = p
-        placeholders.append(p)
-    for k, v in tensor_kwargs.items():
+    for k, v in kwargs.items():
         p = tracer.graph.placeholder(k)
         tracer._meta(p, v)
         tracer.env[id(v)] = p
-
     was_training = model.training
     try:
-        with torch.no_grad(), tracer.track_int_attributes(), tracer.patch_module_call(), _Recorder(tracer):
+        with contextlib.ExitStack() as stack:
+            for m in (torch.no_grad(), tracer.track_int_attributes(), tracer.patch_module_call(), *modes,
+                      _Recorder(tracer)):
+                stack.enter_context(m)
             tracer.recording = True
             try:
-                out = wrapper(*args, **tensor_kwargs)
-            except TraceError:
+                return wrapper(*args, **kwargs)
+            except (TraceError, NeedsRealValues):
                 raise
-            except Exception as e:  # name where it broke
-                raise TraceError(
+            except Exception as e:
+                if tracer.fake:  # an op fake tensors cannot run (a shape that depends on values): real ones can
+                    raise NeedsRealValues(f"{type(e).__name__} in module {relative_path(tracer.current_module)!r} "
+                                          f"at {_location_of(e)}: {_first_line(e)}") from e
+                raise TraceError(  # name where it broke
                     f"tracing failed in module {tracer.current_module or '<root>'!r} at {_location_of(e)}: "
                     f"{type(e).__name__}: {e}. Pass example_inputs that the model accepts, or register the "
                     "module as a leaf (osf.ir.register_leaf) or give it an op rule (osf.ir.rules.register)."
@@ -719,14 +783,16 @@ def trace(model: nn.Module, example_inputs: Any = None, *, check: bool = True) -
                 tracer.recording = False
     finally:
         model.train(was_training)
+
+
+def _graph_module(tracer: Tracer, model: nn.Module, wrapper: nn.Module, out: dict, args: tuple, kwargs: dict,
+                  example_outputs: dict | None) -> fx.GraphModule:
     out_args = {k: tracer.to_arg(v) for k, v in out.items()}
     tracer.graph.output(out_args)
     tracer.settle_extra_outputs()
-
-    root = wrapper
     for name, t in tracer.constants.items():
-        root.register_buffer(name, t, persistent=False)
-    gm = fx.GraphModule(root, tracer.graph, class_name="OSFTracedModel")
+        wrapper.register_buffer(name, t, persistent=False)
+    gm = fx.GraphModule(wrapper, tracer.graph, class_name="OSFTracedModel")
     gm.meta["osf"] = {
         "model": model,
         "guards": tracer.guards,
@@ -735,15 +801,221 @@ def trace(model: nn.Module, example_inputs: Any = None, *, check: bool = True) -
         "size_comparisons": list(tracer.size_comparisons),
         "carries_extra_outputs": sorted(tracer.carries_extra_outputs),
         "iterated_lists": sorted(tracer.iterated_lists),
-        "inputs": [f"arg{i}" for i in range(len(args))] + list(tensor_kwargs),
+        "inputs": [f"arg{i}" for i in range(len(args))] + list(kwargs),
         "example_args": args,
-        "example_kwargs": tensor_kwargs,
+        "example_kwargs": kwargs,
         "outputs": list(out.keys()),
-        "example_outputs": {k: v.detach() for k, v in out.items()},  # the original model's, for the guards
+        # the original model's outputs on the example inputs, for the guards (None: not computed, a fake trace)
+        "example_outputs": example_outputs,
+        "fake": tracer.fake,
+        "real_because": None,  # why a trace that could have run on fake tensors ran on real ones
     }
-    if check:
-        gm.meta["osf"]["shape_check"] = _check_replay(gm, wrapper, args, tensor_kwargs, tracer.guards)
     return gm
+
+
+def _trace_real(model: nn.Module, wrapper: nn.Module, args: tuple, kwargs: dict, check: bool) -> fx.GraphModule:
+    tracer = Tracer(wrapper)
+    out = _record_run(tracer, model, wrapper, args, kwargs)
+    gm = _graph_module(tracer, model, wrapper, out, args, kwargs, {k: v.detach() for k, v in out.items()})
+    if check:
+        gm.meta["osf"]["shape_check"] = _check_replay(gm, wrapper, args, kwargs, tracer.guards)
+    return gm
+
+
+def meta_state(module: nn.Module, made: dict[int, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``module`` by name (tied names included) as a tensor on the
+    meta device: shapes and dtypes, no storage; one meta tensor per real one (``made``, by the real
+    one's id, may be shared between calls), so ties stay ties."""
+    made = {} if made is None else made
+    state = {}
+    for name, t in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
+        if id(t) not in made:
+            m = torch.empty_like(t, device="meta")
+            made[id(t)] = nn.Parameter(m, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else m
+        state[name] = made[id(t)]
+    return state
+
+
+def _to_meta(inputs: Iterable) -> list:
+    return [t.to("meta") if isinstance(t, torch.Tensor) else t for t in inputs]
+
+
+class _Unkeyable(Exception):
+    pass
+
+
+def _signature(x: Any) -> Any:
+    """What decides the output shapes of a call on meta tensors: shapes, dtypes and plain values."""
+    if isinstance(x, torch.Tensor):
+        return ("tensor", tuple(x.shape), x.dtype)
+    if x is None or isinstance(x, (bool, int, float, str, torch.dtype, torch.device)):
+        return (type(x).__name__, int(x) if isinstance(x, TracedInt) else x)
+    if isinstance(x, (tuple, list)):
+        return (type(x).__name__, tuple(_signature(v) for v in x))
+    if isinstance(x, dict):
+        return ("dict", tuple((k, _signature(v)) for k, v in x.items()))
+    raise _Unkeyable
+
+
+class _RuleLeafOutputs:
+    """Outputs, on the meta device, of the modules an op rule describes (a Mamba mixer), by the
+    module's class and parameter shapes and the call's input shapes: a rule describes the module's
+    output by its parameters and inputs, so 24 equal layers run their time loop once, not 24 times."""
+
+    def __init__(self):
+        self.outputs: dict[Any, Any] = {}
+        self.described: dict[int, bool] = {}  # id(module) -> an op rule matches it
+
+    def call(self, module: nn.Module, call: Callable, args: tuple, kwargs: dict) -> Any:
+        described = self.described.get(id(module))
+        if described is None:
+            described = self.described[id(module)] = module_rules.match(module) is not None
+        if not described:
+            return call(module, *args, **kwargs)
+        try:
+            params = tuple((n, tuple(t.shape), t.dtype) for n, t in
+                           (*module.named_parameters(), *module.named_buffers()))
+            key = (type(module), params, _signature(args), _signature(kwargs))
+        except _Unkeyable:
+            return call(module, *args, **kwargs)
+        if key not in self.outputs:
+            out = call(module, *args, **kwargs)
+            try:
+                _signature(out)
+            except _Unkeyable:  # an output holding objects (a cache): not shared between calls
+                return out
+            self.outputs[key] = out
+        return pytree.tree_map_only(torch.Tensor, torch.empty_like, self.outputs[key])
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Calls of such modules outside the tracer (the replay check) go through :meth:`call` too."""
+        original = nn.Module.__call__
+        outputs = self
+
+        def call(module: nn.Module, *args, **kwargs):
+            return outputs.call(module, original, args, kwargs)
+
+        nn.Module.__call__ = call
+        try:
+            yield
+        finally:
+            nn.Module.__call__ = original
+
+
+def _trace_fake(model: nn.Module, wrapper: nn.Module, args: tuple, kwargs: dict, check: bool) -> fx.GraphModule:
+    """The trace on fake tensors: parameters, buffers and inputs on the meta device (shapes and
+    dtypes, no compute), so is everything the model computes. Raises :class:`NeedsRealValues`
+    where values decide."""
+    made: dict[int, torch.Tensor] = {}
+    state = meta_state(wrapper, made)
+    tracer = Tracer(wrapper, fake=True)
+    tracer.device = next((t.device for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), tracer.device)
+    tracer.param_names = {}
+    for name, t in state.items():
+        tracer.param_names.setdefault(id(t), name)
+    meta_args, meta_kwargs = tuple(_to_meta(args)), dict(zip(kwargs, _to_meta(kwargs.values())))
+    with _no_meta_attributes(model):
+        out = _record_run(tracer, model, lambda *a, **k: functional_call(wrapper, state, a, k), meta_args,
+                          meta_kwargs, modes=(torch.device("meta"),))
+        gm = _graph_module(tracer, model, wrapper, out, args, kwargs, None)
+        if check:
+            with tracer.rule_leaf_outputs.installed():
+                gm.meta["osf"]["shape_check"] = _check_replay_fake(gm, wrapper, args, kwargs, state,
+                                                                   meta_state(gm, made))
+    _move_graph(gm, torch.device("meta"), tracer.device)
+    return gm
+
+
+def _move_graph(gm: fx.GraphModule, old: torch.device, new: torch.device) -> None:
+    """Devices the trace read from tensors (``x.device``) as arguments of the graph's calls: ``old``
+    becomes ``new`` (the meta device of a fake trace becomes the device the model runs on)."""
+    def move(a: Any) -> Any:
+        if isinstance(a, torch.device) and a == old:
+            return new
+        if isinstance(a, str) and a == str(old):
+            return str(new)
+        return a
+
+    for node in gm.graph.nodes:
+        node.args = fx.node.map_aggregate(node.args, move)
+        node.kwargs = fx.node.map_aggregate(node.kwargs, move)
+    gm.recompile()
+
+
+def _lru_caches(model: nn.Module) -> list:
+    """The ``functools.lru_cache`` wrappers the model's code may fill (as transformers' method
+    caches of relative-position tables): those of the modules defining its classes, held in module
+    globals, class attributes, or the closures of the functions there."""
+    found: dict[int, Any] = {}
+    seen: set[int] = set()
+
+    def visit(obj: Any, depth: int = 0) -> None:
+        if id(obj) in seen or depth > 3:
+            return
+        seen.add(id(obj))
+        if hasattr(obj, "cache_clear") and hasattr(obj, "cache_info"):
+            found[id(obj)] = obj
+        obj = getattr(obj, "__func__", obj)  # static and class methods
+        for cell in getattr(obj, "__closure__", None) or ():
+            with contextlib.suppress(ValueError):  # an empty cell
+                visit(cell.cell_contents, depth + 1)
+        wrapped = getattr(obj, "__wrapped__", None)
+        if wrapped is not None:
+            visit(wrapped, depth + 1)
+
+    classes = {c for m in model.modules() for c in type(m).__mro__ if c.__module__ not in ("builtins",)}
+    for module_name in {c.__module__ for c in classes}:
+        module = sys.modules.get(module_name)
+        if module is not None and not module_name.startswith("torch"):
+            for value in list(vars(module).values()):
+                if callable(value) and not isinstance(value, type):
+                    visit(value)
+    for c in classes:
+        if not c.__module__.startswith("torch"):
+            for value in list(vars(c).values()):
+                visit(value)
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def _no_meta_attributes(model: nn.Module):
+    """Put back tensors a fake run left on the model (caches a forward fills) and refuse the fake
+    trace there: the graph would read a tensor the trace never saw computed for real."""
+    before = [(m, name, dict(getattr(m, name))) for m in model.modules()
+              for name in ("__dict__", "_parameters", "_buffers")]
+    caches = [(c, c.cache_info()) for c in _lru_caches(model)]
+
+    def put_back() -> list[str]:
+        for cache, info in caches:  # entries the fake run added hold meta tensors: start afresh
+            if cache.cache_info() != info:
+                cache.cache_clear()
+        left = []
+        for m, name, saved in before:
+            now = getattr(m, name)
+            for k, v in list(now.items()):
+                values = v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else (v,)
+                if any(isinstance(x, torch.Tensor) and x.is_meta for x in values):
+                    left.append(f"{type(m).__name__}.{k}")
+                    if k in saved:
+                        now[k] = saved[k]
+                    else:
+                        del now[k]
+        return left
+
+    try:
+        yield
+    except BaseException:
+        put_back()
+        raise
+    left = put_back()
+    if left:
+        raise NeedsRealValues(f"the forward stores computed tensors on the model ({', '.join(left[:3])})")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _batch_of(args: tuple, kwargs: dict) -> int:
@@ -777,18 +1049,57 @@ def _failing_node(gm: fx.GraphModule, args: tuple, kwargs: dict) -> str:
     if not failed:
         return "an op of the graph"
     n = failed[0]
-    module = n.meta.get("module", "")
-    module = module[len("model."):] if module.startswith("model.") else ("" if module == "model" else module)
-    return f"op {n.meta.get('op', n.target)!r} in module {module or '<root>'!r}"
+    return f"op {n.meta.get('op', n.target)!r} in module {relative_path(n.meta.get('module', '')) or '<root>'!r}"
 
 
 def _location_of(e: BaseException) -> str:
+    """The innermost frame of the exception's traceback outside osf and torch: 'file:LINE (code)'."""
     tb = traceback.extract_tb(e.__traceback__)
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    torch_dir = os.path.dirname(torch.__file__)
     for frame in reversed(tb):
-        if not os.path.abspath(frame.filename).startswith(here):
+        if not os.path.abspath(frame.filename).startswith((here, torch_dir)):
             return f"{frame.filename}:{frame.lineno} ({(frame.line or '').strip()})"
     return "<unknown>"
+
+
+def _other_shape_error(e: BaseException, where: str) -> TraceError:
+    return TraceError(
+        f"the traced graph fails on an input of another shape where the model runs ({type(e).__name__} at {where}): "
+        "a size was recorded as a constant. Pass example_inputs of the one shape the model is used with, or "
+        "register the module computing that size as a leaf (osf.ir.register_leaf) or give it an op rule "
+        "(osf.ir.rules.register)")
+
+
+def _check_replay_fake(gm: fx.GraphModule, wrapper: nn.Module, args: tuple, kwargs: dict,
+                       state: dict[str, torch.Tensor], graph_state: dict[str, torch.Tensor]) -> tuple | None:
+    """Model and graph must give outputs of the same shapes and dtypes on fake inputs of another
+    batch size (and length): a size recorded as a constant shows. Returns ``(args, kwargs, None)``,
+    the real inputs of that shape for the supernet's build check (None if the model takes one shape)."""
+    from osf.ir.inputs import resize_inputs
+
+    other_args, other_kwargs = resize_inputs(args, kwargs, batch=_batch_of(args, kwargs) + 1,
+                                             seq_len=_seq_of(args, kwargs), seed=1234)
+    meta_args, meta_kwargs = tuple(_to_meta(other_args)), dict(zip(other_kwargs, _to_meta(other_kwargs.values())))
+    with torch.no_grad(), torch.device("meta"):
+        try:
+            expected = functional_call(wrapper, state, meta_args, meta_kwargs)
+        except Exception:  # a model that takes one input shape only
+            return None
+        try:
+            got = functional_call(gm, graph_state, meta_args, meta_kwargs)
+        except Exception as e:  # the check on real tensors tells a size recorded as a constant from the rest
+            raise NeedsRealValues(f"the graph's replay on the meta device fails ({type(e).__name__}: "
+                                  f"{_first_line(e)})") from e
+    for k, v in expected.items():
+        g = got.get(k)
+        if g is None or g.shape != v.shape or g.dtype != v.dtype:
+            got_shape = "nothing" if g is None else f"{tuple(g.shape)} {g.dtype}"
+            raise TraceError(f"the traced graph gives output {k!r} as {got_shape} where the model gives "
+                             f"{tuple(v.shape)} {v.dtype} on an input of another shape: a size was recorded as a "
+                             "constant. Register the module computing that size as a leaf (osf.ir.register_leaf) "
+                             "or give it an op rule (osf.ir.rules.register)")
+    return other_args, other_kwargs, None
 
 
 def _check_replay(gm, wrapper, args, kwargs, guards, draws: int = 4) -> tuple | None:
@@ -817,13 +1128,7 @@ def _check_replay(gm, wrapper, args, kwargs, guards, draws: int = 4) -> tuple | 
             try:
                 got = gm(*new_args, **new_kwargs)
             except Exception as e:
-                raise TraceError(
-                    f"the traced graph fails on an input of another shape where the model runs "
-                    f"({type(e).__name__} at {_failing_node(gm, new_args, new_kwargs)}): a size was recorded as a "
-                    "constant. "
-                    "Pass example_inputs of the one shape the model is used with, or register the module "
-                    "computing that size as a leaf (osf.ir.register_leaf) or give it an op rule "
-                    "(osf.ir.rules.register)") from e
+                raise _other_shape_error(e, _failing_node(gm, new_args, new_kwargs)) from e
         for k, v in expected.items():
             g = got[k]
             if g.shape != v.shape or not torch.allclose(g.float(), v.float(), rtol=1e-4, atol=1e-5):
