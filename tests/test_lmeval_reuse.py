@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 CHOICE_TASK = "osf_reuse_choice"
+ROLLING_TASK = "osf_reuse_rolling"
 
 
 def write_choice_task(out_dir: Path) -> Path:
@@ -43,6 +44,24 @@ def write_choice_task(out_dir: Path) -> Path:
     return out_dir
 
 
+def write_rolling_task(out_dir: Path) -> Path:
+    """A wikitext-style task (``loglikelihood_rolling``: each document scored whole, in windows
+    of the model's length, from an empty context)."""
+    from lm_fixtures import SENTENCES
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = out_dir / f"{ROLLING_TASK}.jsonl"
+    data.write_text("".join(json.dumps({"text": s + " " + t}) + "\n" for s, t in zip(SENTENCES, SENTENCES[1:])))
+    task = {
+        "task": ROLLING_TASK, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data.resolve())}},
+        "output_type": "loglikelihood_rolling", "test_split": "test", "doc_to_text": "", "doc_to_target": "{{text}}",
+        "metric_list": [{"metric": "word_perplexity"}, {"metric": "byte_perplexity"}, {"metric": "bits_per_byte"}],
+        "metadata": {"version": 1.0},
+    }
+    (out_dir / f"{ROLLING_TASK}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
+    return out_dir
+
+
 def lm_eval_reference(model, tokenizer, include: list[str], tasks: list[str], batch_size: int) -> dict:
     """lm-eval's own result on ``model``: nothing built before, nothing reused."""
     from lm_eval import simple_evaluate
@@ -54,7 +73,8 @@ def lm_eval_reference(model, tokenizer, include: list[str], tasks: list[str], ba
     return out["results"]
 
 
-METRICS = {"osf_lastword": ("acc,none", "perplexity,none"), CHOICE_TASK: ("acc,none", "acc_norm,none")}
+METRICS = {"osf_lastword": ("acc,none", "perplexity,none"), CHOICE_TASK: ("acc,none", "acc_norm,none"),
+           ROLLING_TASK: ("word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none")}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +83,8 @@ def trained(tmp_path_factory):
 
     model, tok, task_dir = trained_sentence_lm()  # scores far above chance: equal scores mean something
     choice_dir = write_choice_task(tmp_path_factory.mktemp("choice"))
-    return model, tok, [str(task_dir), str(choice_dir)]
+    rolling_dir = write_rolling_task(tmp_path_factory.mktemp("rolling"))
+    return model, tok, [str(task_dir), str(choice_dir), str(rolling_dir)]
 
 
 def test_reused_evaluator_equals_simple_evaluate_trial_after_trial(trained):
@@ -74,7 +95,7 @@ def test_reused_evaluator_equals_simple_evaluate_trial_after_trial(trained):
     sn = osf.supernet(model)
     space = sn.space
     middle = space.canonical(space.to_config({n: c[len(c) // 2] for n, c in space.parameters().items()}))
-    ev = LMEval(["osf_lastword", CHOICE_TASK], tok, include_path=include, batch_size=4)
+    ev = LMEval(list(METRICS), tok, include_path=include, batch_size=4)
     got, ref = [], []
     lms, tasks = set(), set()
     # trials in a row on different subnets, and the first subnet again at the end
@@ -87,11 +108,12 @@ def test_reused_evaluator_equals_simple_evaluate_trial_after_trial(trained):
         got.append({t: {m: res[t][m] for m in ms} for t, ms in METRICS.items()})
         ref.append({t: {m: want[t][m] for m in ms} for t, ms in METRICS.items()})
     assert got == ref  # exact: same tokens, same forward passes, same log-probabilities
-    assert len(lms) == 1 and len(tasks) == 2  # one HFLM and one set of task objects served every trial
+    assert len(lms) == 1 and len(tasks) == len(METRICS)  # one HFLM and one set of task objects served every trial
     full, small = ref[0], ref[1]
     assert full["osf_lastword"]["acc,none"] >= 0.75 and full[CHOICE_TASK]["acc,none"] >= 0.75  # chance: ~0.02, 0.25
     # the subnets score differently, so a score carried over from the previous trial would show
     assert small["osf_lastword"]["perplexity,none"] > 1.5 * full["osf_lastword"]["perplexity,none"]
+    assert small[ROLLING_TASK]["word_perplexity,none"] > full[ROLLING_TASK]["word_perplexity,none"]
     assert ref[2] != ref[1] and got[3] == got[0]
 
 

@@ -369,7 +369,8 @@ def _quiet_hflm_class():
             return info
 
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
-            if self.backend != "causal" or self.batch_size == "auto" or override_bs is not None:
+            # (lm-eval reads override_bs only with batch_size "auto": loglikelihood_rolling passes one)
+            if self.backend != "causal" or self.batch_size == "auto":
                 return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
             return _causal_loglikelihood(self, requests)
 
