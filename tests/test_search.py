@@ -228,3 +228,50 @@ def test_bad_arguments(kw, msg):
 
 def test_config_key_is_canonical():
     assert config_key({"b": 1, "a": True}) == config_key({"a": True, "b": 1}) == '{"a":true,"b":1}'
+
+
+def test_one_heartbeat_thread_beats_for_whichever_trial_is_running():
+    import threading
+    import time as time_module
+
+    from osf.search.storage import Heartbeat
+
+    study = optuna.create_study()
+    with Heartbeat(interval=0.02) as hb:
+        threads_before = threading.active_count()
+        for _ in range(3):
+            trial = study.ask()
+            with hb.beating(trial):
+                time_module.sleep(0.15)
+            beat = study.trials[-1].user_attrs.get("osf_heartbeat")
+            assert beat is not None and study.trials[-1].user_attrs.get("osf_worker")
+            time_module.sleep(0.1)  # between trials: no beat lands on the finished one
+            assert study.trials[-1].user_attrs["osf_heartbeat"] == beat
+            study.tell(trial, 0.0)
+        assert threading.active_count() <= threads_before + 1  # one thread for the search, not one per trial
+    assert threading.active_count() <= threads_before  # and it ends with the search
+
+
+def test_a_claim_does_not_wait_for_trials_that_start_after_it():
+    """Workers that keep starting trials (and pruning them, once N trials exist) must not starve a
+    claimed config: only trials already choosing when the claim was stored may hold a smaller
+    ticket. Each read of the study here starts a new unclaimed trial and prunes the previous one."""
+    from optuna.trial import TrialState
+
+    from osf.search.storage import await_config_turn, claim_config, next_ticket
+
+    study = optuna.create_study()
+    mine = study.ask()
+    ticket = next_ticket(study.get_trials(deepcopy=False))
+    claim_config(mine, "cfg", ticket)
+    choosers = [study.ask()]  # running, not claimed yet: it may take a ticket as small as mine
+    reads = []
+
+    def lookup(trials):
+        reads.append(len(trials))
+        study.tell(choosers[-1], state=TrialState.PRUNED)
+        choosers.append(study.ask())  # another worker's next trial, started after my claim
+        return None
+
+    assert await_config_turn(study, mine.number, "cfg", ticket, lookup, timeout=60.0) is None
+    assert len(reads) == 2  # waited for the chooser that ran at my claim, not for the later ones

@@ -10,6 +10,7 @@ same, and a failed trial is queued again with the same parameters (:class:`Retry
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
@@ -303,9 +304,9 @@ def await_config_turn(study: optuna.Study, number: int, key: str, ticket: int,
     Mutual exclusion per config by Lamport's bakery algorithm over the shared storage, so
     two workers never score one config at once and there is no window between check and
     claim. A trial takes a ticket (:func:`next_ticket`), claims its config
-    (:func:`claim_config`), then waits while another live RUNNING trial has not claimed yet
-    ("choosing": its config could be this one) or claims the same config with a smaller
-    ``(ticket, number)``. The smallest live claimant scores; the others get its values once
+    (:func:`claim_config`), then waits while another live RUNNING trial that was running when
+    this claim was stored has not claimed yet ("choosing": its ticket and config could be this
+    one's) or claims the same config with a smaller ``(ticket, number)``. The smallest live claimant scores; the others get its values once
     it completes, or take over if its worker dies (:func:`is_stale`).
 
     ``lookup(trials)`` finds the stored values of ``key`` in a read of the COMPLETE and
@@ -314,45 +315,76 @@ def await_config_turn(study: optuna.Study, number: int, key: str, ticket: int,
     """
     me = (ticket, number)
     deadline = time.time() + timeout
+    # only trials choosing at the first read (after this claim was stored) may take a ticket as
+    # small as this one: a trial that starts later reads this claim. Waiting for later ones too
+    # starved a claim while other workers kept starting trials (and pruning them at N).
+    earlier_choosers: set[int] | None = None
     while True:
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
         found = lookup(trials)
         if found is not None:
             return found
-        ahead = choosing = False
+        ahead = False
+        choosers = set()
         for t in trials:
             if t.state != TrialState.RUNNING or t.number == number or is_stale(t):
                 continue
             claim = t.user_attrs.get(CLAIM)
             if claim is None:
-                choosing = True
+                choosers.add(t.number)
             elif t.user_attrs.get("config") == key and (claim, t.number) < me:
                 ahead = True
+        if earlier_choosers is None:
+            earlier_choosers = choosers
+        choosing = bool(choosers & earlier_choosers)
         if not (ahead or choosing) or time.time() > deadline:
             return None
         time.sleep(0.2 if ahead else 0.05)
 
 
 class Heartbeat:
-    """Tags a running trial with this worker and refreshes its heartbeat in a thread."""
+    """Tags each running trial with this worker and refreshes its heartbeat, from one thread per
+    search (a thread per trial cost ~2 ms of every trial). Use ``with hb.beating(trial):`` per
+    trial and :meth:`close` (or ``with Heartbeat() as hb:``) at the end of the search."""
 
-    def __init__(self, trial: optuna.Trial, interval: float = HEARTBEAT_S):
-        self.trial, self.interval = trial, interval
+    def __init__(self, interval: float = HEARTBEAT_S):
+        self.interval = interval
+        self._trial: optuna.Trial | None = None
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "Heartbeat":
-        self.trial.set_user_attr("osf_worker", worker_id())  # until the first refresh, the start time is the beat
-        self._thread.start()
-        return self
+    @contextlib.contextmanager
+    def beating(self, trial: optuna.Trial) -> Iterator[None]:
+        trial.set_user_attr("osf_worker", worker_id())  # until the first refresh, the start time is the beat
+        with self._lock:
+            self._trial = trial
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:  # no beat lands on a finished trial
+                self._trial = None
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                self.trial.set_user_attr("osf_heartbeat", time.time())
-            except Exception:  # the trial finished meanwhile
-                return
+            with self._lock:
+                if self._trial is not None:
+                    try:
+                        self._trial.set_user_attr("osf_heartbeat", time.time())
+                    except Exception:  # a storage hiccup: the next beat tries again
+                        pass
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> "Heartbeat":
+        return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.close()

@@ -250,6 +250,7 @@ def _run(sn, evaluator, space, meter, objectives, budgets, costs, n_trials, samp
         raise
     finally:
         bar.close()
+        runner.heartbeat.close()
     if runner.interrupted:
         _interrupted(result, run_dir, n_trials, resumable=storage is not None or run_dir is not None)
         raise KeyboardInterrupt
@@ -299,6 +300,7 @@ class _Objective:
         self.reference = reference or {}
         self.largest_key = config_key(space.largest())
         self.interrupted = False
+        self.heartbeat = Heartbeat()
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         try:
@@ -311,7 +313,7 @@ class _Objective:
             raise optuna.TrialPruned("interrupted") from None
 
     def _trial(self, trial: optuna.Trial) -> tuple[float, ...]:
-        with Heartbeat(trial):
+        with self.heartbeat.beating(trial):
             ticket = self._admit(trial)
             params = {n: trial.suggest_categorical(n, c) for n, c in self.space.parameters().items()}
             cfg = self.space.canonical(self.space.to_config(params))
