@@ -7,7 +7,6 @@ configs reuse the stored values of an earlier trial.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Mapping
