@@ -97,6 +97,9 @@ class Supernet(nn.Module):
         for alias in ir.tied:
             owners.add(alias.rpartition(".")[0])
         self._modules_by_path = {p: model.get_submodule(p) if p else model for p in sorted(owners)}
+        resized = {n.rpartition(".")[0] for n in self._tensor_dims}
+        resized |= {a.rpartition(".")[0] for n in self._tensor_dims for a in self._aliases.get(n, ())}
+        self._resized_modules = [self._modules_by_path[p] for p in sorted(resized)]  # whose sizes a switch syncs
         self._dim_sizes = {d.name: d.size for d in ir.dims.values()}
         self._full_keys = {name: tuple(self._dim_sizes[d] for d in dims) for name, dims in self._tensor_dims.items()}
         self._block_slots = [(b.name, model.get_submodule(b.stack) if b.stack else model, b.index) for b in ir.blocks]
@@ -204,7 +207,7 @@ class Supernet(nn.Module):
         for name, dims in self._tensor_dims.items():
             self._install(name, tuple([every[d] for d in dims]))
         self._live = [name for name, (_, tensor) in self._installed.items() if tensor is not self._full[name]]
-        apply_attributes(self.ir, sizes, self.model, self._modules_by_path)
+        apply_attributes(self.ir, sizes, self.model, self._modules_by_path, sync=self._resized_modules)
         for name, parent, index in self._block_slots:
             want = self._layers[name] if cfg.get(name, True) else self._skip(name)
             if parent[index] is not want:

@@ -88,21 +88,24 @@ def select_positions(t: torch.Tensor, axis: int, pos: torch.Tensor) -> tuple[tor
 
 
 def apply_attributes(ir: IR, sizes: Mapping[str, int], model: nn.Module,
-                     modules: Mapping[str, nn.Module] | None = None) -> None:
+                     modules: Mapping[str, nn.Module] | None = None,
+                     sync: Iterable[nn.Module] | None = None) -> None:
     """Set recorded size attributes (``num_heads``, ``intermediate_size``...) for ``sizes``.
 
     ``modules`` maps module paths to modules (default: looked up in ``model``); the
-    primitives among them (or all of ``model``'s) get their sizes synced from their weights.
+    primitives among ``sync`` (default: among ``modules``, or all of ``model``'s) get their
+    sizes synced from their weights.
     """
     full = {d.name: d.size for d in ir.dims.values()}
     full.update({k: int(v) for k, v in sizes.items()})
+    value_of = ir.evaluator(full)
     for b in ir.attrs:
         if modules is not None:
             mod = modules[b.module]
         else:
             mod = model.get_submodule(b.module) if b.module else model
-        set_attribute(mod, b.attr, ir.eval_expr(b.expr, full))
-    sync_module_attributes(model if modules is None else modules.values())
+        set_attribute(mod, b.attr, value_of(b.expr))
+    sync_module_attributes(sync if sync is not None else model if modules is None else modules.values())
 
 
 def sliced_copy(ir: IR, sizes: Mapping[str, int], drop: Iterable[str] = ()) -> nn.Module:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.fx as fx
@@ -117,8 +117,12 @@ class IR:
         return tuple(self.alg.new_size(v, leaf_sizes) for v in self.tensor_axes[tensor])
 
     def eval_expr(self, expr: Any, sizes: dict[str, int]) -> int:
+        return self.evaluator(sizes)(expr)
+
+    def evaluator(self, sizes: dict[str, int]) -> Callable[[Any], int]:
+        """``expr -> its value`` at ``sizes`` (every dim's size by name), for many expressions."""
         leaf_sizes = {self.dims[n].var: s for n, s in sizes.items()}
-        return _eval(self.alg, expr, leaf_sizes)
+        return lambda expr: _eval(self.alg, expr, leaf_sizes)
 
     def param_coverage(self, exclude_embeddings: bool = True) -> float:
         """Share of parameters (by count) with at least one axis in an elastic dim."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -69,7 +69,9 @@ def set_attribute(module: nn.Module, attr: str, value: Any) -> None:
     """``module.<attr> = value``; a dotted ``attr`` (``"args.d_inner"``) sets an attribute of
     an object the module holds."""
     owner, _, leaf = attr.rpartition(".")
-    setattr(_get_path(module, owner), leaf, value)
+    obj = _get_path(module, owner)
+    if getattr(obj, leaf, _UNKNOWN) != value:  # Module.__setattr__ is slow: a switch sets many unchanged
+        setattr(obj, leaf, value)
 
 
 def _get_path(obj: Any, path: str) -> Any:
@@ -94,25 +96,48 @@ def sync_module_attributes(model: nn.Module | Iterable[nn.Module]) -> None:
     """Make torch.nn primitives' size attributes match their (possibly resized or sliced)
     weights: those of ``model`` and its submodules, or of each module of an iterable."""
     for mod in (model.modules() if isinstance(model, nn.Module) else model):
-        w = getattr(mod, "weight", None)
-        if isinstance(mod, nn.Linear):
-            mod.out_features, mod.in_features = mod.weight.shape
-        elif isinstance(mod, nn.modules.conv._ConvNd):
-            depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
-            mod.out_channels = w.shape[0]
-            if depthwise:
-                mod.groups = w.shape[0]
-            mod.in_channels = w.shape[1] * mod.groups
-        elif isinstance(mod, (nn.LayerNorm, nn.RMSNorm)) and w is not None:
-            mod.normalized_shape = tuple(w.shape)
-        elif isinstance(mod, nn.modules.batchnorm._NormBase):
-            ref = w if w is not None else getattr(mod, "running_mean", None)
-            if ref is not None:
-                mod.num_features = ref.shape[0]
-        elif isinstance(mod, nn.GroupNorm) and w is not None:
-            mod.num_channels = w.shape[0]
-        elif isinstance(mod, nn.Embedding):
-            mod.num_embeddings, mod.embedding_dim = mod.weight.shape
+        cls = type(mod)
+        sync = _SYNC_BY_CLASS.get(cls, _UNKNOWN)
+        if sync is _UNKNOWN:
+            sync = _SYNC_BY_CLASS[cls] = next((f for base, f in _SYNC if issubclass(cls, base)), None)
+        if sync is not None:
+            w = mod._parameters.get("weight")
+            sync(mod, w if w is not None else getattr(mod, "weight", None))
+
+
+def _set_plain(mod: nn.Module, **values: Any) -> None:
+    """Set plain (non-tensor, non-module) attributes that changed, past ``Module.__setattr__``'s
+    checks: a config switch syncs hundreds of them."""
+    state = mod.__dict__
+    for name, value in values.items():
+        if state.get(name) != value:
+            state[name] = value
+
+
+def _sync_conv(mod: nn.Module, w: torch.Tensor | None) -> None:
+    if w is None:
+        return
+    depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
+    groups = w.shape[0] if depthwise else mod.groups
+    _set_plain(mod, out_channels=w.shape[0], groups=groups, in_channels=w.shape[1] * groups)
+
+
+def _sync_batchnorm(mod: nn.Module, w: torch.Tensor | None) -> None:
+    ref = w if w is not None else mod._buffers.get("running_mean")
+    if ref is not None:
+        _set_plain(mod, num_features=ref.shape[0])
+
+
+_SYNC: list[tuple[type, Callable[[nn.Module, Any], None]]] = [
+    (nn.Linear, lambda m, w: w is not None and _set_plain(m, out_features=w.shape[0], in_features=w.shape[1])),
+    (nn.modules.conv._ConvNd, _sync_conv),
+    ((nn.LayerNorm, nn.RMSNorm), lambda m, w: w is not None and _set_plain(m, normalized_shape=tuple(w.shape))),
+    (nn.modules.batchnorm._NormBase, _sync_batchnorm),
+    (nn.GroupNorm, lambda m, w: w is not None and _set_plain(m, num_channels=w.shape[0])),
+    (nn.Embedding, lambda m, w: w is not None and _set_plain(m, num_embeddings=w.shape[0], embedding_dim=w.shape[1])),
+]
+_UNKNOWN = object()
+_SYNC_BY_CLASS: dict[type, Callable[[nn.Module, Any], None] | None] = {}  # each class looked up once
 
 
 def remove_layers(model: nn.Module, stack: str, indices: set[int]) -> None:
