@@ -216,3 +216,27 @@ def test_a_fake_trace_first_leaves_no_meta_tensor_in_the_models_lru_caches(fake_
     args, kwargs = normalize_inputs(ex if ex is not None else default_inputs(model))
     for key, want in _run(twin, args, kwargs).items():
         torch.testing.assert_close(_run(model, args, kwargs)[key], want)
+
+
+class InPlaceBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 8)
+
+    def forward(self, x):
+        h = self.a(x)
+        h.add_(self.b(x))  # its result is not used: the tracer follows h itself
+        return x + self.c(torch.relu(h))
+
+
+def test_equal_layers_with_in_place_ops_trace_exactly_on_fake_tensors(fake_by_default):
+    """Equal layers repeat the same ops on the same shapes; on fake tensors an in-place op must
+    still update the tensor the model goes on using, in every layer."""
+    model = nn.Sequential(InPlaceBlock(), InPlaceBlock(), InPlaceBlock()).eval()
+    gm = oi.trace(model, torch.randn(2, 8))
+    assert gm.meta["osf"]["fake"]
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x)["output"], model(x))
+    ir = oi.analyze(gm)
+    assert _ir_summary(ir) == _ir_summary(oi.analyze(oi.trace(model, torch.randn(2, 8), fake=False)))

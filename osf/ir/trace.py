@@ -271,6 +271,7 @@ class Tracer:
         self.root = root
         self.fake = fake  # running on the meta device: shapes only, no values
         self.rule_leaf_outputs = _RuleLeafOutputs() if fake else None
+        self.meta_ops = _MetaOpCache() if fake else None
         self.device = next((t.device for t in root.parameters()), torch.device("cpu"))  # where the graph runs
         self.graph = fx.Graph()
         self.state = _State()
@@ -857,6 +858,40 @@ def _signature(x: Any) -> Any:
     raise _Unkeyable
 
 
+class _MetaOpCache(TorchFunctionMode):
+    """Outputs of torch calls on the meta device by their inputs' shapes, dtypes and plain
+    arguments: on the meta device an op's output depends on nothing else, and each op costs
+    ~0.1 ms there (Python decompositions), so twelve equal layers compute their shapes once.
+    In-place ops are not cached (their output is their input, whose identity the tracer follows)."""
+
+    def __init__(self):
+        super().__init__()
+        self.outputs: dict[Any, Any] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if (name.endswith("_") or name.startswith(("__i", "__set", "__get")) or "out" in kwargs
+                or name in _PASS_THROUGH):
+            return func(*args, **kwargs)
+        try:
+            key = (func, _signature(args), _signature(kwargs))
+        except (_Unkeyable, TypeError):  # an argument it cannot key (an object, an unhashable value)
+            return func(*args, **kwargs)
+        try:
+            hit = self.outputs.get(key)
+        except TypeError:
+            return func(*args, **kwargs)
+        if hit is None:
+            out = func(*args, **kwargs)
+            leaves = pytree.tree_leaves(out)
+            if leaves and all(isinstance(t, torch.Tensor) and t.is_meta for t in leaves):
+                self.outputs[key] = out
+            return out
+        return pytree.tree_map_only(torch.Tensor, lambda t: torch.empty_strided(
+            t.shape, t.stride(), dtype=t.dtype, device="meta"), hit)
+
+
 class _RuleLeafOutputs:
     """Outputs, on the meta device, of the modules an op rule describes (a Mamba mixer), by the
     module's class and parameter shapes and the call's input shapes: a rule describes the module's
@@ -917,12 +952,12 @@ def _trace_fake(model: nn.Module, wrapper: nn.Module, args: tuple, kwargs: dict,
     meta_args, meta_kwargs = tuple(_to_meta(args)), dict(zip(kwargs, _to_meta(kwargs.values())))
     with _no_meta_attributes(model):
         out = _record_run(tracer, model, lambda *a, **k: functional_call(wrapper, state, a, k), meta_args,
-                          meta_kwargs, modes=(torch.device("meta"),))
+                          meta_kwargs, modes=(torch.device("meta"), tracer.meta_ops))
         gm = _graph_module(tracer, model, wrapper, out, args, kwargs, None)
         if check:
             with tracer.rule_leaf_outputs.installed():
                 gm.meta["osf"]["shape_check"] = _check_replay_fake(gm, wrapper, args, kwargs, state,
-                                                                   meta_state(gm, made))
+                                                                   meta_state(gm, made), tracer.meta_ops)
     _move_graph(gm, torch.device("meta"), tracer.device)
     return gm
 
@@ -1072,7 +1107,8 @@ def _other_shape_error(e: BaseException, where: str) -> TraceError:
 
 
 def _check_replay_fake(gm: fx.GraphModule, wrapper: nn.Module, args: tuple, kwargs: dict,
-                       state: dict[str, torch.Tensor], graph_state: dict[str, torch.Tensor]) -> tuple | None:
+                       state: dict[str, torch.Tensor], graph_state: dict[str, torch.Tensor],
+                       ops: _MetaOpCache) -> tuple | None:
     """Model and graph must give outputs of the same shapes and dtypes on fake inputs of another
     batch size (and length): a size recorded as a constant shows. Returns ``(args, kwargs, None)``,
     the real inputs of that shape for the supernet's build check (None if the model takes one shape)."""
@@ -1081,7 +1117,7 @@ def _check_replay_fake(gm: fx.GraphModule, wrapper: nn.Module, args: tuple, kwar
     other_args, other_kwargs = resize_inputs(args, kwargs, batch=_batch_of(args, kwargs) + 1,
                                              seq_len=_seq_of(args, kwargs), seed=1234)
     meta_args, meta_kwargs = tuple(_to_meta(other_args)), dict(zip(other_kwargs, _to_meta(other_kwargs.values())))
-    with torch.no_grad(), torch.device("meta"):
+    with torch.no_grad(), torch.device("meta"), ops:
         try:
             expected = functional_call(wrapper, state, meta_args, meta_kwargs)
         except Exception:  # a model that takes one input shape only
