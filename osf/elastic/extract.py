@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from osf.elastic.importance import eval_mode
+from osf.modes import eval_mode
 from osf.elastic.io import keep_description_on_save
 from osf.elastic.validate import META_ATTR
 from osf.ir.apply import get_tensor, renumber

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from osf.ir import IR
-from osf.modes import eval_mode  # noqa: F401  (re-exported: osf.elastic uses it from here)
 from osf.ir.apply import SkipBlock, get_tensor
 from osf.ir.trace import normalize_inputs
 

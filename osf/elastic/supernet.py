@@ -23,13 +23,13 @@ from torch import nn
 
 import osf.elastic.verify as verify_module
 from osf.elastic.importance import (DATA_METHODS, IMPORTANCE_METHODS, block_importance, channel_importance,
-                                    eval_mode, greedy_block_order, resolve_calibration, split_batch,
-                                    warn_random_inputs)
+                                    greedy_block_order, resolve_calibration, split_batch, warn_random_inputs)
 from osf.errors import InputTypeError
 from osf.ir import IR, analyze
 from osf.ir.apply import SkipBlock, apply_attributes, get_tensor, permute_dims, select_positions
 from osf.ir.inputs import default_inputs
 from osf.ir.ir import HEAD_DIM, HEADS, RANK, STATE
+from osf.modes import eval_mode
 from osf.space import Config, SearchSpace
 
 if TYPE_CHECKING:

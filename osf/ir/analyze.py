@@ -11,7 +11,7 @@ from torch import nn
 import osf.ir.rules as module_rules
 from osf.ir.context import PREFIX as _PREFIX
 from osf.ir.context import Context, relative_path as _rel
-from osf.ir.ir import IR, AttrBinding, Block, Dim, Member
+from osf.ir.ir import IR, Block, Dim, Member
 from osf.ir.layout import AxisAlgebra
 from osf.ir.ops import OP_RULES, couple_reshape
 from osf.ir.trace import trace as trace_model
