@@ -120,7 +120,8 @@ def require_bin_dir() -> Path:
                "install them (Debian: apt-get install -y postgresql; .ci/run does) or set "
                f"{SKIP_ENV}=1 to skip the PostgreSQL tests")
         if os.environ.get(SKIP_ENV) == "1":
-            pytest.skip(f"{SKIP_ENV}=1: {msg}")
+            pytest.skip(reason="OSF_SKIP_POSTGRES=1 and no PostgreSQL server binaries (initdb, pg_ctl): the PostgreSQL "
+                               "tests need a real server")
         pytest.fail(msg, pytrace=False)
     return bin_dir
 
