@@ -33,12 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = example_utils.parser(__doc__, model="openai/clip-vit-base-patch32", trials=50)
     p.add_argument("--data", type=Path, help="folder of the CIFAR-10 python-pickle batches (not needed with --smoke)")
     p.add_argument("--template", default="a photo of a {label}.", help="prompt per class, with {label}")
-    args = p.parse_args(argv)
-    example_utils.check_args(args)
-    example_utils.quiet_offline(args.smoke)
-    if args.train_steps:
-        p.error("--train-steps: this example scores CLIP zero-shot; it does not train")
-    out = example_utils.out_dir(args, __file__)
+    args, out = example_utils.start(p, argv, __file__, check=lambda a: a.train_steps and p.error(
+        "--train-steps: this example scores CLIP zero-shot; it does not train"))
 
     import torch
 

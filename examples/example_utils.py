@@ -220,6 +220,29 @@ def quiet_offline(smoke: bool) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def start(p: argparse.ArgumentParser, argv: list[str] | None, script: str,
+          check: Callable[[argparse.Namespace], Any] | None = None) -> tuple[argparse.Namespace, Path]:
+    """Parse and check an example's arguments (``check(args)``: the example's own checks, which
+    may call ``p.error``), quiet ``--smoke`` runs; ``(args, output folder)``."""
+    args = p.parse_args(argv)
+    check_args(args)
+    if check is not None:
+        check(args)
+    quiet_offline(args.smoke)
+    return args, out_dir(args, script)
+
+
+def load_classifier(model_cls: Any, name: str, num_labels: int) -> tuple[Any, Any]:
+    """A pretrained image classifier with a new ``num_labels`` head named by its classes (CIFAR-10's
+    names, else the class numbers) and its image processor."""
+    from transformers import AutoImageProcessor
+
+    labels = CIFAR10_CLASSES if num_labels == 10 else [str(i) for i in range(num_labels)]
+    model = model_cls.from_pretrained(name, num_labels=num_labels, id2label=dict(enumerate(labels)),
+                                      label2id={c: i for i, c in enumerate(labels)}, ignore_mismatched_sizes=True)
+    return model, AutoImageProcessor.from_pretrained(name)
+
+
 def image_classifier_example(doc: str, script: str, argv: list[str] | None, *, kind: str, model: str,
                              smoke_model: Callable[[int], Any], load_model: Callable[[str, int], Any],
                              lr: float = 1e-4) -> dict[str, Any]:
@@ -229,10 +252,7 @@ def image_classifier_example(doc: str, script: str, argv: list[str] | None, *, k
     subnet under the budget saved with the image processor."""
     p = parser(doc, model=model, trials=50)
     p.add_argument("--data", type=Path, help=f"folder of the {kind} python-pickle files (not needed with --smoke)")
-    args = p.parse_args(argv)
-    check_args(args)
-    quiet_offline(args.smoke)
-    out = out_dir(args, script)
+    args, out = start(p, argv, script)
     num_labels = 10 if kind == "cifar10" else 100
 
     import osf

@@ -41,10 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", type=Path, help="validation text the search scores on (.txt or a folder of them)")
     p.add_argument("--train-data", default=None, help="text for supernet training (with --train-steps)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per block (default 256)")
-    args = p.parse_args(argv)
-    example_utils.check_args(args)
-    example_utils.quiet_offline(args.smoke)
-    out = example_utils.out_dir(args, __file__)
+    args, out = example_utils.start(p, argv, __file__)
 
     import torch
 

@@ -33,10 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--include-path", type=Path, default=None, help="folder of local lm-eval task YAMLs")
     p.add_argument("--train-data", default=None, help="text for supernet training (with --train-steps)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per training block (default 256)")
-    args = p.parse_args(argv)
-    example_utils.check_args(args)
-    example_utils.quiet_offline(args.smoke)
-    out = example_utils.out_dir(args, __file__)
+    args, out = example_utils.start(p, argv, __file__)
 
     import osf
     from osf.search import LMEval, make_lastword_task

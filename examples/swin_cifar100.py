@@ -33,11 +33,10 @@ def smoke_model(num_labels: int):
 
 
 def load_model(name: str, num_labels: int):
-    """A Swin classifier with a ``num_labels`` head, and its image processor."""
-    from transformers import AutoImageProcessor, SwinForImageClassification
+    """A pretrained classifier with a new ``num_labels`` head, and its image processor."""
+    from transformers import SwinForImageClassification
 
-    model = SwinForImageClassification.from_pretrained(name, num_labels=num_labels, ignore_mismatched_sizes=True)
-    return model, AutoImageProcessor.from_pretrained(name)
+    return example_utils.load_classifier(SwinForImageClassification, name, num_labels)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -144,10 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--patch-size", type=int, default=4)
-    args = p.parse_args(argv)
-    example_utils.check_args(args)
-    example_utils.quiet_offline(args.smoke)
-    out = example_utils.out_dir(args, __file__)
+    args, out = example_utils.start(p, argv, __file__)
 
     import osf
     from osf.search import ImageAccuracy

@@ -36,14 +36,10 @@ def smoke_model(num_labels: int):
 
 
 def load_model(name: str, num_labels: int):
-    """A ViT classifier (new head when the checkpoint has another number of classes) and its image processor."""
-    from transformers import AutoImageProcessor, ViTForImageClassification
+    """A pretrained classifier with a new ``num_labels`` head, and its image processor."""
+    from transformers import ViTForImageClassification
 
-    labels = example_utils.CIFAR10_CLASSES if num_labels == 10 else [str(i) for i in range(num_labels)]
-    model = ViTForImageClassification.from_pretrained(name, num_labels=num_labels, id2label=dict(enumerate(labels)),
-                                                      label2id={c: i for i, c in enumerate(labels)},
-                                                      ignore_mismatched_sizes=True)
-    return model, AutoImageProcessor.from_pretrained(name)
+    return example_utils.load_classifier(ViTForImageClassification, name, num_labels)
 
 
 def main(argv: list[str] | None = None) -> dict:
