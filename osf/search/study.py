@@ -28,6 +28,7 @@ from osf.search.storage import (
 )
 
 METRICS = ("score", "params", "macs", "latency")
+PRUNING = "osf_pruning"  # user attr of a running trial its worker is about to prune (the study has N)
 IN_FLIGHT_WAIT_S = 600.0  # longest wait for another worker scoring the same config, then score it here
 
 
@@ -341,12 +342,15 @@ class _Objective:
         if stale:
             fail_stale_trials(study, stale)
         gone = {t.number for t in stale}
-        ahead = [t for t in live if t.number < trial.number and t.number not in gone]
+        # a trial another worker is pruning will not complete: counting it pruned the trials that
+        # would have (a retried one), while the workers took turns pruning each other's
+        ahead = [t for t in live if t.number < trial.number and t.number not in gone and PRUNING not in t.user_attrs]
         if len(ahead) < self.n_trials:
             return next_ticket(live)  # read after this trial became RUNNING, as a ticket must be
         if sum(t.state == TrialState.COMPLETE for t in ahead) >= self.n_trials:
             study.stop()
         else:
+            trial.set_user_attr(PRUNING, True)
             time.sleep(1.0)  # others are finishing the last trials; one of them may fail
         raise optuna.TrialPruned("the study already has its trials")
 
